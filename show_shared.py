@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""ShowSharedMem in Python: print the text that load_shared.py (or a Qt program) put
+into shared memory.
+
+The viewer only reads: it never removes a segment, whose lifetime belongs to the loader.
+
+exit status: 0 shown, 1 nothing to show (nothing loaded, corrupt segment, ...), 2 bad usage
+"""
+
+import signal
+
+# Ctrl-C, or a reader that stops reading (show_shared.py | head), ends us at once and
+# quietly, like any Unix filter: we hold nothing that the kernel does not release for us.
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+import argparse  # noqa: E402  (after the lines above, so that Ctrl-C is quiet while importing)
+import sys  # noqa: E402
+
+import shmcodec  # noqa: E402
+from shmcodec import DATA_LOCK  # noqa: E402
+
+
+class Failure(Exception):
+    """Nothing to show: its message is the one line we print before exiting 1."""
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description="Print the text in the shared-memory segment /KEY, read as Qt's "
+                    "QDataStream wrote it.",
+        epilog="Exit status: 0 shown, 1 nothing to show, 2 bad usage.")
+    parser.add_argument("--key", default=shmcodec.DEFAULT_KEY,
+                        help="segment key; the segment is /KEY (default: %(default)s)")
+    args = parser.parse_args()
+    problem = shmcodec.key_problem(args.key)
+    if problem:
+        parser.error(problem)
+    return args
+
+
+def read_text(key):
+    """Attach, read and detach under the lock: QSharedMemory::attach(), lock(), >>, detach()."""
+    lock_fd = shmcodec.open_lock_file(key)
+    # Lock *before* attaching: a loader that replaces its text swaps in a new segment, and
+    # the lock makes sure that we map the one that is whole, never one being written.
+    shmcodec.lock(lock_fd, DATA_LOCK, exclusive=False)  # sharedMem.lock()
+    try:
+        try:
+            segment = shmcodec.attach_segment(key)  # sharedMem.attach()
+        except FileNotFoundError:
+            raise Failure(f"nothing loaded under key {key!r}: "
+                          "run load_shared.py first (Enter a text first)") from None
+        except ValueError:  # mmap refuses an empty file
+            raise Failure(f"segment /{key} is empty (0 bytes): it holds no QString") from None
+        try:
+            check_loader(lock_fd, key)
+            return shmcodec.decode_qstring(segment.buf)  # QDataStream >> text, from the segment
+        except shmcodec.QStringFormatError as error:
+            raise Failure(f"segment /{key} ({segment.size} bytes) holds no QString: "
+                          f"{error}") from None
+        finally:
+            segment.close()  # sharedMem.detach(): unmap, and leave the segment alone
+    finally:
+        shmcodec.unlock(lock_fd, DATA_LOCK)  # sharedMem.unlock()
+
+
+def check_loader(lock_fd, key):
+    """Warn if the loader that wrote this segment is gone; fail if it died mid-write."""
+    logbook = shmcodec.read_logbook(lock_fd)
+    if logbook is None or shmcodec.owner_alive(lock_fd):
+        return  # a live loader's segment, or one made by another program (Qt)
+    pid, state = logbook
+    if state != "loaded":
+        raise Failure(f"load_shared.py (pid {pid}) died while writing /{key}; "
+                      "there is no whole text to show")
+    print(f"show_shared.py: note: load_shared.py (pid {pid}), which loaded this text, "
+          "is gone; the next load_shared.py replaces it", file=sys.stderr)
+
+
+def main():
+    key = parse_args().key
+    try:
+        text = read_text(key)
+    except (Failure, OSError) as failure:
+        print(f"show_shared.py: {failure}", file=sys.stderr)
+        return 1
+    # A QString may hold lone surrogates, which no encoding can write: print them escaped.
+    sys.stdout.reconfigure(errors="backslashreplace")
+    print("" if text is None else text)  # a null QString shows as empty, as in Qt
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
