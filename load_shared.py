@@ -114,8 +114,8 @@ def segment_exists(key):
 
 def load(lock_fd, key, text, replacing):
     """Write text into a new segment /key, under the lock: QSharedMemory::create() + memcpy."""
-    header, payload = shmcodec.qstring_parts(text)  # QDataStream << text, before locking
-    size = len(header) + len(payload)
+    prefix, payload = shmcodec.qstring_parts(text)  # QDataStream << text, before locking
+    size = len(prefix) + len(payload)
     shmcodec.lock(lock_fd, DATA_LOCK, exclusive=True)  # sharedMem.lock()
     try:
         # The logbook says "writing" before the segment exists and "loaded" once it is
@@ -134,8 +134,8 @@ def load(lock_fd, key, text, replacing):
         except OSError as error:
             raise Failure(f"cannot make a {size}-byte segment /{key}: {error.strerror}") from None
         try:
-            segment.buf[:len(header)] = header  # memcpy(to, from, size)
-            segment.buf[len(header):size] = payload
+            segment.buf[:len(prefix)] = prefix  # memcpy(to, from, size)
+            segment.buf[len(prefix):size] = payload
         finally:
             segment.close()  # we keep no mapping: the name keeps the segment alive
         shmcodec.write_logbook(lock_fd, "loaded")

@@ -39,8 +39,15 @@ class QStringFormatError(ValueError):
     """The bytes are not a QString as QDataStream writes it."""
 
 
+def count_prefix(byte_count):
+    """The QDataStream size prefix: 4 bytes, or the Qt 6.7+ marker and 8 more bytes."""
+    if byte_count < LARGE_COUNT:
+        return byte_count.to_bytes(4, "big")
+    return LARGE_COUNT.to_bytes(4, "big") + byte_count.to_bytes(8, "big")
+
+
 def qstring_parts(text):
-    """Return (header, payload), the byte-count prefix and the UTF-16BE code units.
+    """Return (prefix, payload): the byte count and the UTF-16BE code units of text.
 
     They are kept apart so that a large payload is copied only once: into the segment.
     None is the null QString.
@@ -49,15 +56,13 @@ def qstring_parts(text):
         return NULL_COUNT.to_bytes(4, "big"), b""
     # "surrogatepass": a QString may hold a lone surrogate; keep it as the code unit it is.
     payload = text.encode("utf-16-be", "surrogatepass")
-    if len(payload) < LARGE_COUNT:
-        return len(payload).to_bytes(4, "big"), payload
-    return LARGE_COUNT.to_bytes(4, "big") + len(payload).to_bytes(8, "big"), payload
+    return count_prefix(len(payload)), payload
 
 
 def encode_qstring(text):
     """Return the bytes that `QDataStream << QString(text)` writes (None: a null QString)."""
-    header, payload = qstring_parts(text)
-    return header + payload
+    prefix, payload = qstring_parts(text)
+    return prefix + payload
 
 
 def decode_qstring(buffer):
@@ -114,8 +119,8 @@ if sys.version_info < (3, 13):
     # Up to 3.12, every SharedMemory, even one that only attaches, registers with the
     # resource tracker: a helper process that unlinks the segment when *this* process
     # exits and warns of a "leak". Here the loader alone decides when a segment dies,
-    # so this process registers nothing. (3.13 says the same with track=False.)
-    resource_tracker.register = lambda name, rtype: None
+    # so this process tells the tracker nothing. (3.13 says the same with track=False.)
+    resource_tracker.register = resource_tracker.unregister = lambda name, rtype: None
     _UNTRACKED = {}
 else:
     _UNTRACKED = {"track": False}

@@ -1,0 +1,397 @@
+"""Tests: the codec against Qt's own bytes, then both scripts as real processes.
+
+Run: python3 -m unittest -v test_roundtrip
+
+Every cross-process test uses its own random key and its own TMPDIR (so its own lock
+file), and removes its segment, lock file and processes even when it fails.
+"""
+
+import os
+import random
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+from multiprocessing.shared_memory import SharedMemory
+
+import shmcodec
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LOADER = os.path.join(HERE, "load_shared.py")
+VIEWER = os.path.join(HERE, "show_shared.py")
+TIMEOUT = 60  # seconds for any one step; generous, the machines are shared
+
+# What Qt 6.12's QDataStream << QString writes (../shared/reference/qt-facts.md).
+QT_BYTES = {
+    None: "ffffffff",
+    "": "00000000",
+    "hello": "0000000a00680065006c006c006f",
+    "Grüße": "0000000a0047007200fc00df0065",
+    "😀": "00000004d83dde00",
+    "a\nb": "000000060061000a0062",
+}
+
+
+class CodecTest(unittest.TestCase):
+    def test_qt_bytes_both_ways(self):
+        for text, hex_bytes in QT_BYTES.items():
+            with self.subTest(text=text):
+                self.assertEqual(shmcodec.encode_qstring(text).hex(), hex_bytes)
+                self.assertEqual(shmcodec.decode_qstring(bytes.fromhex(hex_bytes)), text)
+
+    def test_null_and_empty_differ(self):
+        self.assertIsNone(shmcodec.decode_qstring(b"\xff\xff\xff\xff"))
+        self.assertEqual(shmcodec.decode_qstring(b"\0\0\0\0"), "")
+
+    def test_astral_characters_become_surrogate_pairs(self):
+        text = "a\U0001F600b\U00010348"
+        data = shmcodec.encode_qstring(text)
+        self.assertEqual(data[:4], (2 * 6).to_bytes(4, "big"))  # 6 code units
+        self.assertEqual(data[6:10], bytes.fromhex("d83dde00"))
+        self.assertEqual(shmcodec.decode_qstring(data), text)
+
+    def test_lone_surrogates_round_trip(self):
+        for text in ("\ud800", "x\udfffy", "\ude00\ud83d", "\udc80" * 3):
+            with self.subTest(text=ascii(text)):
+                data = shmcodec.encode_qstring(text)
+                self.assertEqual(len(data), 4 + 2 * len(text))
+                self.assertEqual(shmcodec.decode_qstring(data), text)
+
+    def test_random_texts_round_trip(self):
+        rng = random.Random(1)
+        for _ in range(300):
+            text = "".join(chr(rng.choice([rng.randrange(0x80), rng.randrange(0xD800),
+                                            rng.randrange(0xE000, 0x10000),
+                                            rng.randrange(0x10000, 0x110000)]))
+                           for _ in range(rng.randrange(40)))
+            data = shmcodec.encode_qstring(text)
+            self.assertEqual(data[4:], text.encode("utf-16-be"))
+            self.assertEqual(int.from_bytes(data[:4], "big"), len(data) - 4)
+            self.assertEqual(shmcodec.decode_qstring(data), text)
+
+    def test_trailing_bytes_ignored_and_buffer_types(self):
+        data = shmcodec.encode_qstring("hello") + b"\x00garbage"
+        for buffer in (data, bytearray(data), memoryview(data)):
+            self.assertEqual(shmcodec.decode_qstring(buffer), "hello")
+
+    def test_large_size_form(self):
+        # Qt 6.7+: a count of 0xFFFFFFFE or more is the marker, then a signed 64-bit count.
+        self.assertEqual(shmcodec.count_prefix(0xFFFFFFFD).hex(), "fffffffd")
+        self.assertEqual(shmcodec.count_prefix(0xFFFFFFFE).hex(), "fffffffe00000000fffffffe")
+        self.assertEqual(shmcodec.count_prefix(1 << 40).hex(), "fffffffe0000010000000000")
+        data = bytes.fromhex("fffffffe" "0000000000000004" "00680069") + b"tail"
+        self.assertEqual(shmcodec.decode_qstring(data), "hi")
+        self.assertIsNone(shmcodec.decode_qstring(bytes.fromhex("fffffffe" + "ff" * 8)))
+
+    def test_malformed_input_says_what_is_wrong(self):
+        cases = {
+            "": "cut short", "00": "cut short", "000000": "cut short",
+            "00000003616263": "odd byte count",
+            "0000000a0068": "past the end",
+            "fffffffe000000": "large-size count cut short",
+            "fffffffe8000000000000000": "bad large-size count",
+            "fffffffe0000000000000006" "0061": "past the end",
+            "fffffffe0000000000000003" "000000": "odd byte count",
+        }
+        for hex_bytes, words in cases.items():
+            with self.subTest(data=hex_bytes):
+                with self.assertRaisesRegex(shmcodec.QStringFormatError, words):
+                    shmcodec.decode_qstring(bytes.fromhex(hex_bytes))
+        self.assertTrue(issubclass(shmcodec.QStringFormatError, ValueError))
+
+    def test_random_bytes_raise_only_format_errors(self):
+        rng = random.Random(2)
+        for _ in range(3000):
+            size = rng.randrange(16)
+            data = bytes(rng.randrange(256) for _ in range(size))
+            if rng.random() < 0.5 and size >= 4:  # make plausible counts common
+                data = rng.randrange(size).to_bytes(4, "big") + data[4:]
+            try:
+                result = shmcodec.decode_qstring(data)
+            except shmcodec.QStringFormatError:
+                continue
+            self.assertTrue(result is None or isinstance(result, str))
+
+    def test_decoding_a_segment_leaves_no_view_behind(self):
+        # A view left on the segment's buffer would make close() fail with BufferError.
+        for data in (shmcodec.encode_qstring("hi"), b"\0\0\0\x09abc"):
+            segment = SharedMemory(create=True, size=len(data))
+            try:
+                segment.buf[:len(data)] = data
+                try:
+                    shmcodec.decode_qstring(segment.buf)
+                except shmcodec.QStringFormatError:
+                    pass
+            finally:
+                segment.close()
+                shmcodec.unlink_segment(segment.name)
+
+    def test_key_rules(self):
+        self.assertIsNone(shmcodec.key_problem("MySharedMemory"))
+        self.assertIsNone(shmcodec.key_problem("k" * shmcodec.MAX_KEY_BYTES))
+        for bad in ("", "a/b", "/a", "a\0b", "é", ".", "..", "a\nb",
+                    "k" * (shmcodec.MAX_KEY_BYTES + 1)):
+            with self.subTest(key=bad):
+                self.assertIsNotNone(shmcodec.key_problem(bad))
+
+
+class ProcessTestCase(unittest.TestCase):
+    """Runs the scripts with a random key and a private TMPDIR, and cleans up after them."""
+
+    def setUp(self):
+        self.key = f"test_roundtrip-{os.getpid()}-{random.randrange(1 << 32):08x}"
+        self.tmpdir = tempfile.mkdtemp(prefix="test_roundtrip-")
+        self.env = dict(os.environ, TMPDIR=self.tmpdir, PYTHONWARNINGS="default")
+        self.processes = []
+        self.addCleanup(self.clean_up)
+
+    def clean_up(self):
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            for stream in (process.stdin, process.stdout, process.stderr):
+                if stream:
+                    stream.close()
+        try:
+            shmcodec.unlink_segment(self.key)
+        except FileNotFoundError:
+            pass
+        shutil.rmtree(self.tmpdir)
+
+    @property
+    def segment_path(self):
+        return "/dev/shm/" + self.key
+
+    def segment_exists(self):
+        try:
+            SharedMemory(self.key).close()  # the tracker is off: shmcodec was imported
+        except FileNotFoundError:
+            return False
+        except ValueError:
+            pass
+        return True
+
+    def start(self, *args, stdin=subprocess.DEVNULL, key=None, script=LOADER):
+        """Start a script in the background; stdout and stderr are pipes."""
+        process = subprocess.Popen(
+            [sys.executable, script, "--key", key or self.key, *args], stdin=stdin,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, cwd=HERE)
+        self.processes.append(process)
+        return process
+
+    def wait_line(self, process, timeout=TIMEOUT):
+        """The next line on process's stdout, or a failure if none comes in time."""
+        line = b""
+        deadline = time.monotonic() + timeout
+        while not line.endswith(b"\n"):
+            ready, _, _ = select.select([process.stdout], [], [], deadline - time.monotonic())
+            chunk = os.read(process.stdout.fileno(), 1) if ready else b""
+            if not chunk:
+                self.fail(f"no line from {process.args}; exit {process.poll()}, stderr: "
+                          f"{process.stderr.read().decode() if process.poll() is not None else ''}")
+            line += chunk
+        return line.decode()
+
+    def start_loader(self, *args, **kwargs):
+        """Start load_shared.py and wait until it has loaded its text."""
+        loader = self.start(*args, **kwargs)
+        self.assertRegex(self.wait_line(loader), r"^Loaded \d+ bytes into /")
+        return loader
+
+    def finish(self, process, timeout=TIMEOUT):
+        """Wait for process; return (exit status, stdout, stderr)."""
+        if process.stdin and process.stdin.closed:
+            process.stdin = None
+        out, err = process.communicate(timeout=timeout)
+        return process.returncode, out, err.decode()
+
+    def run_script(self, *args, script=VIEWER, key=None, input=None):
+        result = subprocess.run(
+            [sys.executable, script, "--key", key or self.key, *args], input=input,
+            capture_output=True, env=self.env, cwd=HERE, timeout=TIMEOUT)
+        return result.returncode, result.stdout, result.stderr.decode()
+
+    def show(self, *args, **kwargs):
+        return self.run_script(*args, script=VIEWER, **kwargs)
+
+    def assert_shows(self, text):
+        status, out, err = self.show()
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out, text.encode() + b"\n")
+
+    def assert_one_line(self, err, *words):
+        """A failure is one clear line on stderr, never a traceback."""
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(len(err.splitlines()), 1, err)
+        for word in words:
+            self.assertIn(word, err)
+
+    def write_segment(self, data):
+        """Make segment /key by hand, as a Qt program (or a vandal) would."""
+        segment = SharedMemory(self.key, create=True, size=max(len(data), 1))
+        if data:
+            segment.buf[:len(data)] = data
+        segment.close()
+
+
+class RoundTripTest(ProcessTestCase):
+    def test_texts_round_trip(self):
+        for text in ("hello", "Grüße, ça va? Ωμέγα", "😀 and 𝄞", "tab\there"):
+            with self.subTest(text=text):
+                loader = self.start_loader(text)
+                self.assert_shows(text)
+                loader.terminate()
+                self.assertEqual(self.finish(loader)[0], 0)
+                self.assertFalse(self.segment_exists())
+
+    def test_segment_holds_qt_bytes(self):
+        loader = self.start_loader("Grüße")
+        with open(self.segment_path, "rb") as segment:
+            self.assertEqual(segment.read().hex(), QT_BYTES["Grüße"])
+        loader.terminate()
+        self.finish(loader)
+
+    def test_empty_text(self):
+        loader = self.start_loader("")
+        self.assert_shows("")
+        loader.terminate()
+        self.assertEqual(self.finish(loader)[0], 0)
+
+    def test_multiline_text_from_stdin(self):
+        text = "first line\nsecond line\n\nfourth, after an empty one\n"
+        loader = self.start("-", stdin=subprocess.PIPE)
+        loader.stdin.write(text.encode() + b"\n")  # one final newline is dropped
+        loader.stdin.close()
+        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        self.assert_shows(text)
+
+    def test_64_mib_text(self):
+        text = "0123456789abcdef" * (4 << 20)  # 64 MiB of text, 128 MiB of UTF-16
+        with tempfile.TemporaryFile() as source:
+            source.write(text.encode())
+            source.seek(0)
+            loader = self.start_loader("-", stdin=source)
+        status, out, err = self.show()
+        self.assertEqual((status, err), (0, ""))
+        self.assertTrue(out == text.encode() + b"\n")  # not assertEqual: no 64 MiB diff
+        loader.send_signal(signal.SIGINT)
+        self.assertEqual(self.finish(loader)[0], 0)
+        self.assertFalse(self.segment_exists())
+
+    def test_interactive_lines_replace_the_text(self):
+        loader = self.start(stdin=subprocess.PIPE)
+        for text in ("first", "a longer second text", "3", "", "fünf 😀"):
+            loader.stdin.write(text.encode() + b"\n")
+            loader.stdin.flush()
+            self.assertRegex(self.wait_line(loader), "^Loaded ")
+            self.assert_shows(text)
+        loader.stdin.close()  # end of input: release and exit 0
+        status, out, err = self.finish(loader)
+        self.assertEqual((status, out), (0, b""))
+        self.assertFalse(self.segment_exists())
+
+    def test_interactive_bad_utf8_line_keeps_the_text(self):
+        loader = self.start(stdin=subprocess.PIPE)
+        loader.stdin.write(b"good\n\xff\xfe bad\n")
+        loader.stdin.close()
+        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        status, out, err = self.finish(loader)
+        self.assertEqual(status, 0)
+        self.assertIn("not valid UTF-8", err)
+        self.assertNotIn("Traceback", err)
+
+    def test_viewer_before_any_load(self):
+        status, out, err = self.show()
+        self.assertEqual((status, out), (1, b""))
+        self.assert_one_line(err, "load_shared.py", self.key)
+
+    def test_second_loader_is_refused(self):
+        first = self.start_loader("first text")
+        status, out, err = self.run_script("second text", script=LOADER)
+        self.assertEqual((status, out), (1, b""))
+        self.assert_one_line(err, "another load_shared.py", f"pid {first.pid}")
+        self.assert_shows("first text")
+        status, out, err = self.run_script(script=LOADER, input=b"third\n")
+        self.assertEqual(status, 1)
+        self.assert_shows("first text")
+
+    def test_release_on_every_way_out(self):
+        ways = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGHUP": signal.SIGHUP}
+        for name, signum in ways.items():
+            with self.subTest(name):
+                loader = self.start_loader("bye")
+                self.assertTrue(self.segment_exists())
+                loader.send_signal(signum)
+                status, out, err = self.finish(loader)
+                self.assertEqual(status, 0)
+                self.assertNotIn("Traceback", err)
+                self.assertFalse(self.segment_exists())
+        with self.subTest("end of input"):
+            loader = self.start(stdin=subprocess.PIPE)
+            loader.stdin.write(b"bye\n")
+            loader.stdin.flush()
+            self.wait_line(loader)
+            self.assertTrue(self.segment_exists())
+            loader.stdin.close()
+            self.assertEqual(self.finish(loader)[0], 0)
+            self.assertFalse(self.segment_exists())
+
+    def test_segment_written_in_qt_layout(self):
+        for text, hex_bytes in QT_BYTES.items():
+            with self.subTest(text=text):
+                self.write_segment(bytes.fromhex(hex_bytes) + b"\0" * 7)  # + page slack
+                self.assert_shows(text or "")
+                self.assertTrue(self.segment_exists())  # the viewer never removes it
+                shmcodec.unlink_segment(self.key)
+
+    def test_lone_surrogates_print_escaped(self):
+        self.write_segment(bytes.fromhex("00000006" "0061d8000062"))
+        status, out, err = self.show()
+        self.assertEqual((status, out, err), (0, b"a\\ud800b\n", ""))
+
+    def test_no_resource_tracker_and_no_leak_warning(self):
+        loader = self.start_loader("tracked?")
+        for _ in range(3):
+            self.assert_shows("tracked?")
+        time.sleep(0.2)  # a tracker would unlink the segment as its viewer exits
+        self.assertTrue(self.segment_exists())
+        if os.path.isdir("/proc"):
+            self.assertEqual(children(loader.pid), [])
+        loader.terminate()
+        status, out, err = self.finish(loader)
+        self.assertEqual((status, err.count("leaked")), (0, 0))
+        self.assertNotIn("resource_tracker", err)
+
+    def test_help_and_usage_errors(self):
+        for script in (LOADER, VIEWER):
+            with self.subTest(script=script):
+                result = subprocess.run([sys.executable, script, "--help"],
+                                        capture_output=True, env=self.env, timeout=TIMEOUT)
+                self.assertEqual(result.returncode, 0)
+                self.assertIn(b"--key", result.stdout)
+                status, out, err = self.run_script("--no-such-option", script=script)
+                self.assertEqual((status, out), (2, b""))
+
+
+def children(pid):
+    """The pids of pid's child processes (Linux)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == str(pid):
+            found.append(int(entry))
+    return found
+
+
+if __name__ == "__main__":
+    unittest.main()
