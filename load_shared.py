@@ -1,8 +1,18 @@
 #!/usr/bin/env python3
-"""SharedMemoryLoad in Python: put a text into shared memory for show_shared.py to show.
+"""usage: load_shared.py [--key KEY] [--replace] [TEXT | -]
+
+SharedMemoryLoad in Python: load a text into the shared-memory segment /KEY, in the bytes
+that Qt's QDataStream writes, for show_shared.py (or a Qt program) to read.
+
+  (no TEXT)      ask for texts: each line replaces the last; Ctrl-D or Ctrl-C quits
+  TEXT           load TEXT and hold it until Ctrl-C, SIGTERM or SIGHUP
+  -              the same with all of standard input (UTF-8), less one final newline
+  --key KEY      the segment's key (default: MySharedMemory)
+  --replace      take over a segment /KEY that load_shared.py did not make (a Qt one)
+  -h, --help     show this help
 
 The loader owns the segment: POSIX shared memory has no count of attached processes, so
-the segment lives exactly as long as this program holds it, and is removed when it quits.
+the segment lives exactly as long as this program holds it, and goes when it quits.
 
 exit status: 0 released cleanly (end of input, Ctrl-C, SIGTERM, SIGHUP),
              1 failed (key held by another loader, segment not ours, no memory, ...),
@@ -14,8 +24,8 @@ import signal
 # Until this program owns anything, Ctrl-C may simply end it: no traceback, nothing left.
 signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-import argparse  # noqa: E402  (after the line above, so that Ctrl-C is quiet while importing)
-import os  # noqa: E402
+import os  # noqa: E402  (after the line above, so that Ctrl-C is quiet while importing)
+import select  # noqa: E402
 import sys  # noqa: E402
 
 import shmcodec  # noqa: E402
@@ -28,27 +38,12 @@ class Failure(Exception):
     """A runtime failure: its message is the one line we print before exiting 1."""
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(
-        description="Load a text into the shared-memory segment /KEY, in the bytes Qt's "
-                    "QDataStream writes, and hold it there until you quit.",
-        epilog="Without TEXT, each line you type replaces the text; Ctrl-D or Ctrl-C quits. "
-               "Exit status: 0 released cleanly, 1 failed, 2 bad usage.")
-    parser.add_argument("text", nargs="?", metavar="TEXT",
-                        help="load TEXT and hold it until Ctrl-C, SIGTERM or SIGHUP; "
-                             "'-' loads all of standard input (UTF-8) less one final newline")
-    parser.add_argument("--key", default=shmcodec.DEFAULT_KEY,
-                        help="segment key; the segment is /KEY (default: %(default)s)")
-    parser.add_argument("--replace", action="store_true",
-                        help="take over a segment /KEY that load_shared.py did not make "
-                             "(one left by a Qt program, say)")
-    args = parser.parse_args()
-    problem = shmcodec.key_problem(args.key)
-    if problem:
-        parser.error(problem)
-    if args.text is not None and args.text != "-" and not is_utf8(args.text):
-        parser.error("TEXT is not valid UTF-8")
-    return args
+def read_command_line():
+    key, options, operands = shmcodec.parse_command_line(__doc__, ["--replace"], 1)
+    text = operands[0] if operands else None
+    if text is not None and text != "-" and not is_utf8(text):
+        shmcodec.usage_error("TEXT is not valid UTF-8")
+    return key, text, options.get("--replace", False)
 
 
 def is_utf8(text):
@@ -66,14 +61,19 @@ def read_stdin():
         raise Failure(f"standard input is not valid UTF-8 (byte {error.start})") from None
 
 
-def stop(signum, frame):
-    """Ctrl-C, SIGTERM and SIGHUP all raise one KeyboardInterrupt, handled in main().
+def watch_stop_signals():
+    """Make Ctrl-C, SIGTERM and SIGHUP wake us where we wait, instead of stopping us mid-step.
 
-    Any later signal is ignored, so that nothing cuts short the release that follows.
+    The self-pipe trick: a signal's only effect is a byte written to a pipe. We notice it
+    when we next wait for input, so it never cuts a write or the release in half.
+    Returns the pipe's read end, readable once a stop signal has come.
     """
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end)
     for each in STOP_SIGNALS:
-        signal.signal(each, signal.SIG_IGN)
-    raise KeyboardInterrupt
+        signal.signal(each, lambda signum, frame: None)  # the byte in the pipe is enough
+    return read_end
 
 
 def become_owner(lock_fd, key, replace):
@@ -146,8 +146,6 @@ def load(lock_fd, key, text, replacing):
 
 def release(lock_fd, key):
     """Remove the segment if the logbook says it is ours, then empty the logbook."""
-    for each in STOP_SIGNALS:  # nothing may interrupt this
-        signal.signal(each, signal.SIG_IGN)
     shmcodec.lock(lock_fd, DATA_LOCK, exclusive=True)
     logbook = shmcodec.read_logbook(lock_fd)
     if logbook and logbook[0] == os.getpid():
@@ -159,19 +157,29 @@ def release(lock_fd, key):
     shmcodec.unlock(lock_fd, DATA_LOCK)
 
 
-def texts_from_terminal(key):
-    """Each line typed (or piped) in is a new text, like clicking Load again."""
+def lines_until_stopped(key, stop_fd):
+    """Yield each line read from stdin (each is a new text, like clicking Load again)
+    until the end of input or a stop signal."""
     interactive = sys.stdin.isatty()
+    unfinished = b""
     while True:
         if interactive:
             say(f"Text for /{key} (Ctrl-D quits): ", end="")
-        line = sys.stdin.buffer.readline()
-        if not line:
+        ready, _, _ = select.select([sys.stdin, stop_fd], [], [])
+        if stop_fd in ready:
             return
-        try:
-            yield line.rstrip(b"\n").decode("utf-8")
-        except UnicodeDecodeError:
-            say("that line is not valid UTF-8; the text stays as it was")
+        chunk = os.read(sys.stdin.fileno(), 1 << 16)
+        if not chunk:  # end of input; a last line without "\n" counts too
+            lines, unfinished = [unfinished] if unfinished else [], b""
+        else:
+            *lines, unfinished = (unfinished + chunk).split(b"\n")
+        for line in lines:
+            try:
+                yield line.decode("utf-8")
+            except UnicodeDecodeError:
+                say("that line is not valid UTF-8; the text stays as it was")
+        if not chunk:
+            return
 
 
 def say(message, end="\n"):
@@ -190,34 +198,27 @@ def report(line):
 
 
 def main():
-    args = parse_args()
-    key = args.key
+    key, text, replace = read_command_line()
+    lock_fd = None
     try:
+        if text == "-":
+            text = read_stdin()  # before we own anything: a Ctrl-C here just ends us
         lock_fd = shmcodec.open_lock_file(key)
-    except OSError as error:
-        say(f"load_shared.py: {error}")
-        return 1
-
-    # From here on Ctrl-C, kill and a closed terminal all end in the `finally` below.
-    for each in STOP_SIGNALS:
-        signal.signal(each, stop)
-    try:
-        text = read_stdin() if args.text == "-" else args.text
-        become_owner(lock_fd, key, args.replace)
-        if text is not None:
+        stop_fd = watch_stop_signals()
+        become_owner(lock_fd, key, replace)
+        if text is None:
+            for number, line in enumerate(lines_until_stopped(key, stop_fd)):
+                load(lock_fd, key, line, replacing=number > 0)
+        else:
             load(lock_fd, key, text, replacing=False)
             say(f"holding /{key} until Ctrl-C, SIGTERM or SIGHUP")
-            while True:
-                signal.pause()
-        for number, line in enumerate(texts_from_terminal(key)):
-            load(lock_fd, key, line, replacing=number > 0)
-    except KeyboardInterrupt:
-        pass
+            select.select([stop_fd], [], [])  # wait for a stop signal
     except (Failure, OSError) as failure:
         say(f"load_shared.py: {failure}")
         return 1
     finally:
-        release(lock_fd, key)
+        if lock_fd is not None:
+            release(lock_fd, key)  # whatever happened, remove what is ours
     return 0
 
 

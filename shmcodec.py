@@ -113,6 +113,47 @@ def key_problem(key):
     return None
 
 
+def parse_command_line(usage, flags=(), most_operands=0):
+    """Read sys.argv: return (key, options, operands). A small getopt for our small commands.
+
+    argparse would do the same, but importing and setting it up costs more time than all
+    the rest that these scripts do. "--key KEY" (or --key=KEY) is understood by both
+    scripts; each name in flags is True when given, or its value when given as --NAME=VALUE.
+    -h/--help prints usage and exits 0; a bad command line exits 2.
+    """
+    key, options, operands = DEFAULT_KEY, {}, []
+    args = iter(sys.argv[1:])
+    for arg in args:
+        name, equals, value = arg.partition("=")
+        if arg in ("-h", "--help"):
+            print(usage, end="")
+            sys.exit(0)
+        elif arg == "--":  # what follows is an operand, even if it starts with "-"
+            operands.extend(args)
+        elif name == "--key":
+            key = value if equals else next(args, None)
+            if key is None:
+                usage_error("--key needs a KEY")
+        elif name in flags:
+            options[name] = value if equals else True
+        elif arg.startswith("-") and arg != "-":
+            usage_error(f"unknown option {arg}")
+        else:
+            operands.append(arg)
+    if len(operands) > most_operands:
+        usage_error(f"unexpected argument {operands[most_operands]!r}")
+    problem = key_problem(key)
+    if problem:
+        usage_error(problem)
+    return key, options, operands
+
+
+def usage_error(message):
+    """Exit 2 with one line on stderr that says what is wrong."""
+    print(f"{os.path.basename(sys.argv[0])}: {message} (see --help)", file=sys.stderr)
+    sys.exit(2)
+
+
 # --- The segment ---------------------------------------------------------------------------
 
 if sys.version_info < (3, 13):

@@ -1,6 +1,11 @@
 #!/usr/bin/env python3
-"""ShowSharedMem in Python: print the text that load_shared.py (or a Qt program) put
-into shared memory.
+"""usage: show_shared.py [--key KEY]
+
+ShowSharedMem in Python: print the text in the shared-memory segment /KEY that
+load_shared.py (or a Qt program) wrote, read as Qt's QDataStream reads it.
+
+  --key KEY      the segment's key (default: MySharedMemory)
+  -h, --help     show this help
 
 The viewer only reads: it never removes a segment, whose lifetime belongs to the loader.
 
@@ -14,8 +19,7 @@ import signal
 signal.signal(signal.SIGINT, signal.SIG_DFL)
 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
-import argparse  # noqa: E402  (after the lines above, so that Ctrl-C is quiet while importing)
-import sys  # noqa: E402
+import sys  # noqa: E402  (after the lines above, so that Ctrl-C is quiet while importing)
 
 import shmcodec  # noqa: E402
 from shmcodec import DATA_LOCK  # noqa: E402
@@ -23,20 +27,6 @@ from shmcodec import DATA_LOCK  # noqa: E402
 
 class Failure(Exception):
     """Nothing to show: its message is the one line we print before exiting 1."""
-
-
-def parse_args():
-    parser = argparse.ArgumentParser(
-        description="Print the text in the shared-memory segment /KEY, read as Qt's "
-                    "QDataStream wrote it.",
-        epilog="Exit status: 0 shown, 1 nothing to show, 2 bad usage.")
-    parser.add_argument("--key", default=shmcodec.DEFAULT_KEY,
-                        help="segment key; the segment is /KEY (default: %(default)s)")
-    args = parser.parse_args()
-    problem = shmcodec.key_problem(args.key)
-    if problem:
-        parser.error(problem)
-    return args
 
 
 def read_text(key):
@@ -79,7 +69,7 @@ def check_loader(lock_fd, key):
 
 
 def main():
-    key = parse_args().key
+    key, _, _ = shmcodec.parse_command_line(__doc__)
     try:
         text = read_text(key)
     except (Failure, OSError) as failure:
