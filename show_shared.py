@@ -36,6 +36,7 @@ def read_text(key):
     # the lock makes sure that we map the one that is whole, never one being written.
     shmcodec.lock(lock_fd, DATA_LOCK, exclusive=False)  # sharedMem.lock()
     try:
+        dead_loader = check_loader(lock_fd, key)
         try:
             segment = shmcodec.attach_segment(key)  # sharedMem.attach()
         except FileNotFoundError:
@@ -44,8 +45,7 @@ def read_text(key):
         except ValueError:  # mmap refuses an empty file
             raise Failure(f"segment /{key} is empty (0 bytes): it holds no QString") from None
         try:
-            check_loader(lock_fd, key)
-            return shmcodec.decode_qstring(segment.buf)  # QDataStream >> text, from the segment
+            text = shmcodec.decode_qstring(segment.buf)  # QDataStream >> text, from the segment
         except shmcodec.QStringFormatError as error:
             raise Failure(f"segment /{key} ({segment.size} bytes) holds no QString: "
                           f"{error}") from None
@@ -53,19 +53,25 @@ def read_text(key):
             segment.close()  # sharedMem.detach(): unmap, and leave the segment alone
     finally:
         shmcodec.unlock(lock_fd, DATA_LOCK)  # sharedMem.unlock()
+    if dead_loader:
+        print(f"show_shared.py: note: load_shared.py (pid {dead_loader}), which loaded this "
+              "text, is gone; the next load_shared.py replaces it", file=sys.stderr)
+    return text
 
 
 def check_loader(lock_fd, key):
-    """Warn if the loader that wrote this segment is gone; fail if it died mid-write."""
+    """Return the pid of the loader of this segment if it is dead; fail if it died mid-write.
+
+    The lock file's logbook names the last loader; its OWNER_LOCK tells if it still lives.
+    """
     logbook = shmcodec.read_logbook(lock_fd)
     if logbook is None or shmcodec.owner_alive(lock_fd):
-        return  # a live loader's segment, or one made by another program (Qt)
+        return None  # a live loader's segment, or none of ours (made by Qt, say)
     pid, state = logbook
     if state != "loaded":
         raise Failure(f"load_shared.py (pid {pid}) died while writing /{key}; "
                       "there is no whole text to show")
-    print(f"show_shared.py: note: load_shared.py (pid {pid}), which loaded this text, "
-          "is gone; the next load_shared.py replaces it", file=sys.stderr)
+    return pid
 
 
 def main():

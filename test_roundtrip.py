@@ -8,6 +8,7 @@ file), and removes its segment, lock file and processes even when it fails.
 
 import os
 import random
+import re
 import select
 import shutil
 import signal
@@ -158,15 +159,18 @@ class ProcessTestCase(unittest.TestCase):
             for stream in (process.stdin, process.stdout, process.stderr):
                 if stream:
                     stream.close()
-        try:
-            shmcodec.unlink_segment(self.key)
-        except FileNotFoundError:
-            pass
+        self.unlink_segment()
         shutil.rmtree(self.tmpdir)
 
     @property
     def segment_path(self):
         return "/dev/shm/" + self.key
+
+    def unlink_segment(self):
+        try:
+            shmcodec.unlink_segment(self.key)
+        except FileNotFoundError:
+            pass
 
     def segment_exists(self):
         try:
@@ -180,7 +184,7 @@ class ProcessTestCase(unittest.TestCase):
     def start(self, *args, stdin=subprocess.DEVNULL, key=None, script=LOADER):
         """Start a script in the background; stdout and stderr are pipes."""
         process = subprocess.Popen(
-            [sys.executable, script, "--key", key or self.key, *args], stdin=stdin,
+            [sys.executable, script, "--key", self.key if key is None else key, *args], stdin=stdin,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, cwd=HERE)
         self.processes.append(process)
         return process
@@ -213,7 +217,7 @@ class ProcessTestCase(unittest.TestCase):
 
     def run_script(self, *args, script=VIEWER, key=None, input=None):
         result = subprocess.run(
-            [sys.executable, script, "--key", key or self.key, *args], input=input,
+            [sys.executable, script, "--key", self.key if key is None else key, *args], input=input,
             capture_output=True, env=self.env, cwd=HERE, timeout=TIMEOUT)
         return result.returncode, result.stdout, result.stderr.decode()
 
@@ -377,6 +381,296 @@ class RoundTripTest(ProcessTestCase):
                 self.assertIn(b"--key", result.stdout)
                 status, out, err = self.run_script("--no-such-option", script=script)
                 self.assertEqual((status, out), (2, b""))
+
+
+class FaultTest(ProcessTestCase):
+    """Crashes, races and hostile input: nothing lost, nothing stuck, never a traceback."""
+
+    @property
+    def lock_path(self):  # as the scripts see it, with our TMPDIR
+        return os.path.join(self.tmpdir, os.path.basename(shmcodec.lock_path(self.key)))
+
+    def segment_bytes(self):
+        with open(self.segment_path, "rb") as segment:
+            return segment.read()
+
+    def test_sigkill_while_holding_does_not_block_the_next_run(self):
+        loader = self.start_loader("survivor")
+        loader.kill()
+        loader.wait()
+        status, out, err = self.show()  # still shows the text, and says its loader is gone
+        self.assertEqual((status, out), (0, b"survivor\n"))
+        self.assert_one_line(err, "gone", f"pid {loader.pid}")
+        self.assertTrue(self.segment_exists())
+        second = self.start_loader("next")
+        self.assertIn(f"left behind by load_shared.py (pid {loader.pid})",
+                      second.stderr.readline().decode())
+        self.assert_shows("next")
+        second.terminate()
+        status, out, err = self.finish(second)
+        self.assertEqual(status, 0)
+        self.assertFalse(self.segment_exists())
+
+    def test_sigkill_while_writing_shows_no_half_text(self):
+        with tempfile.TemporaryFile() as source:
+            source.write(b"x" * (64 << 20))
+            source.seek(0)
+            loader = self.start("-", stdin=source)
+        deadline = time.monotonic() + TIMEOUT
+        while not self.logbook().endswith("writing") and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        loader.kill()
+        loader.wait()
+        self.assertTrue(self.logbook().endswith("writing"), "the kill came too late")
+        status, out, err = self.show()
+        self.assertEqual((status, out), (1, b""))
+        self.assert_one_line(err, "died while writing")
+        second = self.start_loader("whole")
+        self.assert_shows("whole")
+        second.send_signal(signal.SIGINT)
+        self.assertEqual(self.finish(second)[0], 0)
+        self.assertFalse(self.segment_exists())
+
+    def logbook(self):
+        try:
+            with open(self.lock_path) as lock_file:
+                return lock_file.read().strip()
+        except FileNotFoundError:
+            return ""
+
+    def test_foreign_segment_is_never_destroyed_silently(self):
+        qt_bytes = bytes.fromhex(QT_BYTES["hello"])
+        self.write_segment(qt_bytes)
+        status, out, err = self.run_script("mine", script=LOADER)
+        self.assertEqual((status, out), (1, b""))
+        self.assert_one_line(err, f"/{self.key}", "--replace")
+        self.assertEqual(self.segment_bytes(), qt_bytes)
+        self.assert_shows("hello")  # and the viewer reads it normally, without a warning
+        loader = self.start_loader("--replace", "mine")
+        self.assertIn("taking over", loader.stderr.readline().decode())
+        self.assert_shows("mine")
+        loader.terminate()
+        self.assertEqual(self.finish(loader)[0], 0)
+        self.assertFalse(self.segment_exists())
+
+    def test_two_loaders_at_the_same_instant(self):
+        for round_ in range(5):
+            with self.subTest(round=round_):
+                pair = [self.start(f"text {n}") for n in (1, 2)]
+                deadline = time.monotonic() + TIMEOUT
+                while all(p.poll() is None for p in pair) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                losers = [p for p in pair if p.poll() is not None]
+                self.assertEqual(len(losers), 1)
+                winner = pair[1 - pair.index(losers[0])]
+                status, out, err = self.finish(losers[0])
+                self.assertEqual(status, 1)
+                self.assert_one_line(err, "another load_shared.py")
+                self.assertRegex(self.wait_line(winner), "^Loaded ")
+                self.assert_shows(winner.args[-1])
+                winner.terminate()
+                self.assertEqual(self.finish(winner)[0], 0)
+
+    def test_stress_no_torn_reads(self):
+        sizes = [1, 10, 1000, 100_000, 1 << 20, 8 << 20]  # bytes of text, 1 B to 8 MiB
+        texts = [chr(ord("a") + n) * size for n, size in enumerate(sizes)]
+        loader = self.start(stdin=subprocess.PIPE)
+        loader.stdin.write(texts[0].encode() + b"\n")
+        loader.stdin.flush()
+        self.wait_line(loader)
+        stop = threading.Event()
+
+        def feed():  # replace the text as fast as the loader takes it
+            try:
+                while not stop.is_set():
+                    for text in texts:
+                        loader.stdin.write(text.encode() + b"\n")
+                loader.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                pass
+
+        expected = {text.encode() + b"\n" for text in texts}
+        results = []
+
+        def read(rounds):
+            for _ in range(rounds):
+                results.append(self.show())
+
+        feeder = threading.Thread(target=feed)
+        readers = [threading.Thread(target=read, args=(30,)) for _ in range(3)]
+        feeder.start()
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join()
+        stop.set()
+        feeder.join(TIMEOUT)
+        loader.stdin.close()
+        status, out, err = self.finish(loader)
+        self.assertEqual(status, 0)
+        bad = [(s, len(o), e) for s, o, e in results if (s, e) != (0, "") or o not in expected]
+        print(f"\nstress: {len(results)} reads, {out.count(b'Loaded') + 1} loads, "
+              f"{len(bad)} bad", file=sys.stderr)
+        self.assertEqual(bad, [])
+        self.assertEqual(len(results), 90)
+
+    def test_garbage_segments_are_reported_and_left_alone(self):
+        rng = random.Random(3)
+        cases = {
+            "random bytes": (bytes(rng.randrange(256) for _ in range(64)), "holds no QString"),
+            "count past the end": (bytes.fromhex("0000fffe00410042"), "past the end"),
+            "odd count": (bytes.fromhex("000000050041004200"), "odd byte count"),
+            "3 bytes": (b"\0\0\0", "cut short"),
+            "0 bytes": (b"", "empty (0 bytes)"),
+        }
+        for name, (data, words) in cases.items():
+            with self.subTest(name):
+                self.addCleanup(self.unlink_segment)
+                if data:
+                    self.write_segment(data)
+                else:  # SharedMemory will not make a 0-byte segment; shm_open will
+                    os.close(shmcodec._posixshmem.shm_open("/" + self.key, os.O_CREAT | os.O_RDWR,
+                                                           0o600))
+                status, out, err = self.show()
+                self.assertEqual((status, out), (1, b""))
+                self.assert_one_line(err, words)
+                self.assertEqual(self.segment_bytes(), data)
+                self.unlink_segment()
+
+    def test_text_larger_than_shared_memory_fails_cleanly(self):
+        if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+            self.skipTest("no private mount namespace here (unshare -m not permitted)")
+        script = ('mount -t tmpfs -o size=1m tmpfs /dev/shm || exit 99; '
+                  '"$0" load_shared.py --key "$1" - < "$2"; echo "status=$?"; ls -A /dev/shm')
+        with tempfile.NamedTemporaryFile() as source:
+            source.write(b"y" * (4 << 20))  # 8 MiB of UTF-16 for a 1 MiB /dev/shm
+            source.flush()
+            result = subprocess.run(["unshare", "-m", "sh", "-c", script, sys.executable,
+                                     self.key, source.name], capture_output=True,
+                                    env=self.env, cwd=HERE, timeout=TIMEOUT)
+        if result.returncode == 99:
+            self.skipTest("cannot mount a tmpfs in a private namespace here")
+        self.assertEqual(result.stdout.decode(), "status=1\n")  # and /dev/shm is empty
+        self.assert_one_line(result.stderr.decode(), "No space left", f"/{self.key}")
+
+    def test_bad_keys_exit_2_before_touching_anything(self):
+        for key in ("", "a/b", "/lead", "é", ".", "..", "k" * 256):
+            for script in (LOADER, VIEWER):
+                with self.subTest(key=key, script=os.path.basename(script)):
+                    status, out, err = self.run_script("text", script=script, key=key) \
+                        if script == LOADER else self.show(key=key)
+                    self.assertEqual((status, out), (2, b""))
+                    self.assert_one_line(err, "key")
+                    self.assertEqual(os.listdir(self.tmpdir), [])
+
+    def test_longest_key_works(self):
+        self.key = "k" * shmcodec.MAX_KEY_BYTES
+        loader = self.start_loader("long key")
+        self.assert_shows("long key")
+        loader.terminate()
+        self.assertEqual(self.finish(loader)[0], 0)
+
+    def test_lock_file_is_private_and_traps_are_refused(self):
+        loader = self.start_loader("private")
+        self.assertEqual(os.stat(self.lock_path).st_mode & 0o777, 0o600)
+        loader.terminate()
+        self.finish(loader)
+        os.unlink(self.lock_path)
+        target = os.path.join(self.tmpdir, "precious")
+        with open(target, "w") as precious:
+            precious.write("precious")
+        traps = {
+            "symlink": (lambda: os.symlink(target, self.lock_path), "symlink"),
+            "fifo": (lambda: os.mkfifo(self.lock_path, 0o600), "not a regular file"),
+            "directory": (lambda: os.mkdir(self.lock_path), self.lock_path),
+        }
+        if os.geteuid() == 0:
+            def foreign_file():
+                with open(self.lock_path, "w") as foreign:
+                    foreign.write("theirs")
+                os.chmod(self.lock_path, 0o644)
+                os.chown(self.lock_path, 65534, 65534)
+            traps["another user's file"] = (foreign_file, "belongs to user 65534")
+        for name, (make, words) in traps.items():
+            with self.subTest(name):
+                make()
+                before = os.lstat(self.lock_path)
+                for script in (LOADER, VIEWER):
+                    status, out, err = self.run_script("text", script=script) \
+                        if script == LOADER else self.show()
+                    self.assertEqual((status, out), (1, b""))
+                    self.assert_one_line(err, words)
+                after = os.lstat(self.lock_path)
+                self.assertEqual((after.st_mode, after.st_uid, after.st_size, after.st_mtime_ns),
+                                 (before.st_mode, before.st_uid, before.st_size,
+                                  before.st_mtime_ns))
+                with open(target) as precious:
+                    self.assertEqual(precious.read(), "precious")
+                self.assertFalse(self.segment_exists())
+                (os.rmdir if name == "directory" else os.unlink)(self.lock_path)
+
+    def test_viewer_into_a_closed_pipe_is_quiet(self):
+        with tempfile.TemporaryFile() as source:
+            source.write(b"z" * (1 << 20))
+            source.seek(0)
+            loader = self.start_loader("-", stdin=source)
+        result = subprocess.run(f'"{sys.executable}" show_shared.py --key {self.key} | head -c 1',
+                                shell=True, capture_output=True, env=self.env, cwd=HERE,
+                                timeout=TIMEOUT)
+        self.assertEqual((result.stdout, result.stderr), (b"z", b""))
+        loader.terminate()
+        self.assertEqual(self.finish(loader)[0], 0)
+
+    def test_loader_with_nobody_reading_its_stdout(self):
+        loader = self.start(stdin=subprocess.PIPE)
+        loader.stdout.close()
+        loader.stdout = None
+        loader.stdin.write(b"one\ntwo\n")
+        loader.stdin.flush()
+        deadline = time.monotonic() + TIMEOUT
+        while self.show()[1] != b"two\n" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assert_shows("two")
+        loader.stdin.close()
+        status, out, err = self.finish(loader)
+        self.assertEqual((status, err), (0, ""))
+        self.assertFalse(self.segment_exists())
+
+    def test_stop_signal_at_any_moment(self):
+        rng = random.Random(4)
+        for round_ in range(16):
+            delay, signum = rng.uniform(0, 0.3), rng.choice(
+                [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+            with self.subTest(round=round_, delay=delay, signal=signum):
+                args = ("now",) if round_ % 2 else ()
+                loader = self.start(*args, stdin=subprocess.PIPE)
+                if not args:
+                    loader.stdin.write(b"now\n")
+                    loader.stdin.flush()
+                viewer = self.start(script=VIEWER)
+                time.sleep(delay)
+                loader.send_signal(signum)
+                viewer.send_signal(signal.SIGINT)
+                status, out, err = self.finish(loader)
+                self.assert_no_traceback_of_ours(err)
+                if not err.endswith("KeyboardInterrupt\n"):  # see assert_no_traceback_of_ours
+                    self.assertIn(status, (0, -signum))  # -signum: before owning anything
+                status, out, err = self.finish(viewer)
+                self.assert_no_traceback_of_ours(err)
+                self.assertFalse(self.segment_exists())
+
+    def assert_no_traceback_of_ours(self, err):
+        """Until a script's line that makes Ctrl-C quiet has run, Python's own handler
+        turns it into a traceback; from that line on, no traceback may come from our code."""
+        self.assertNotIn("shmcodec.py", err)
+        for script in (LOADER, VIEWER):
+            with open(script) as source:
+                quiet_from = source.read().split("\n").index(QUIET_LINE) + 1
+            for line in re.findall(rf'File "{re.escape(script)}", line (\d+)', err):
+                self.assertLessEqual(int(line), quiet_from, err)
+
+
+QUIET_LINE = "signal.signal(signal.SIGINT, signal.SIG_DFL)"
 
 
 def children(pid):
