@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""usage: show_shared.py [--key KEY]
+"""usage: show_shared.py [--key KEY] [--hex[=ROWS|=all]]
 
 ShowSharedMem in Python: print the text in the shared-memory segment /KEY that
 load_shared.py (or a Qt program) wrote, read as Qt's QDataStream reads it.
 
   --key KEY      the segment's key (default: MySharedMemory)
+  --hex          instead of the text, show what is in the segment: its size, its owner,
+                 the byte count and the UTF-16 code units, 16 rows (--hex=ROWS for more,
+                 --hex=all for every row); also on a corrupt segment, to see what is wrong
   -h, --help     show this help
 
 The viewer only reads: it never removes a segment, whose lifetime belongs to the loader.
@@ -29,14 +32,20 @@ class Failure(Exception):
     """Nothing to show: its message is the one line we print before exiting 1."""
 
 
-def read_text(key):
-    """Attach, read and detach under the lock: QSharedMemory::attach(), lock(), >>, detach()."""
+def read_segment(key, read):
+    """Run read(the segment's memory) while attached and locked. Return its result, the
+    logbook of the last loader (pid, state) or None, and whether that loader is alive.
+
+    This is the original's attach(), lock(), constData(), unlock() and detach().
+    """
     lock_fd = shmcodec.open_lock_file(key)
     # Lock *before* attaching: a loader that replaces its text swaps in a new segment, and
     # the lock makes sure that we map the one that is whole, never one being written.
     shmcodec.lock(lock_fd, DATA_LOCK, exclusive=False)  # sharedMem.lock()
     try:
-        dead_loader = check_loader(lock_fd, key)
+        # The logbook names the last loader; its OWNER_LOCK tells if that loader lives.
+        logbook = shmcodec.read_logbook(lock_fd)
+        alive = logbook is not None and shmcodec.owner_alive(lock_fd)
         try:
             segment = shmcodec.attach_segment(key)  # sharedMem.attach()
         except FileNotFoundError:
@@ -45,45 +54,136 @@ def read_text(key):
         except ValueError:  # mmap refuses an empty file
             raise Failure(f"segment /{key} is empty (0 bytes): it holds no QString") from None
         try:
-            text = shmcodec.decode_qstring(segment.buf)  # QDataStream >> text, from the segment
-        except shmcodec.QStringFormatError as error:
-            raise Failure(f"segment /{key} ({segment.size} bytes) holds no QString: "
-                          f"{error}") from None
+            return read(segment.buf), logbook, alive
         finally:
             segment.close()  # sharedMem.detach(): unmap, and leave the segment alone
     finally:
         shmcodec.unlock(lock_fd, DATA_LOCK)  # sharedMem.unlock()
-    if dead_loader:
-        print(f"show_shared.py: note: load_shared.py (pid {dead_loader}), which loaded this "
-              "text, is gone; the next load_shared.py replaces it", file=sys.stderr)
+
+
+def read_text(key):
+    def decode(buffer):
+        try:
+            return shmcodec.decode_qstring(buffer)  # QDataStream >> text, from the segment
+        except shmcodec.QStringFormatError as error:
+            raise Failure(f"segment /{key} ({len(buffer)} bytes) holds no QString: "
+                          f"{error}") from None
+
+    # A loader that died mid-write leaves a logbook that says "writing": nothing whole to show.
+    text, logbook, alive = read_segment(key, decode)
+    if logbook and not alive:
+        pid, state = logbook
+        if state != "loaded":
+            raise Failure(f"load_shared.py (pid {pid}) died while writing /{key}; "
+                          "there is no whole text to show")
+        print(f"show_shared.py: note: load_shared.py (pid {pid}), which loaded this text, "
+              "is gone; the next load_shared.py replaces it", file=sys.stderr)
     return text
 
 
-def check_loader(lock_fd, key):
-    """Return the pid of the loader of this segment if it is dead; fail if it died mid-write.
+# --- show_shared.py --hex: the segment, byte by byte ---------------------------------------
 
-    The lock file's logbook names the last loader; its OWNER_LOCK tells if it still lives.
+ROW = 16  # bytes a row: 8 UTF-16 code units
+
+
+def show_bytes(key, rows):
+    """Print what is in the segment; raise Failure if it holds no whole QString."""
+    def copy(buffer):  # copy what we show (and check the rest) while we hold the lock
+        try:
+            shmcodec.decode_qstring(buffer)
+            problem = None
+        except shmcodec.QStringFormatError as error:
+            problem = str(error)
+        shown = len(buffer) if rows is None else 12 + rows * ROW
+        return bytes(buffer[:shown]), len(buffer), problem
+
+    (data, size, problem), logbook, alive = read_segment(key, copy)
+    where = f" = /dev/shm/{key}" if sys.platform.startswith("linux") else ""
+    print(f"segment    /{key}{where}, {size} bytes")
+    print(f"lock file  {shmcodec.lock_path(key)}")
+    if logbook and alive:
+        owner = f"load_shared.py pid {logbook[0]}, alive"
+    elif logbook:
+        owner = f"load_shared.py pid {logbook[0]}, gone (it died; the segment is stale)"
+        if logbook[1] != "loaded":
+            problem = problem or f"load_shared.py (pid {logbook[0]}) died while writing"
+    else:
+        owner = "no load_shared.py: another program (a Qt one?) made it"
+    print(f"owner      {owner}")
+    start, count = print_count(data)
+    if problem:  # the count cannot be trusted: show every byte, and no characters
+        print_rows(data, 0, size, rows, characters=False)
+        raise Failure(f"segment /{key} holds no whole QString: {problem}")
+    print_rows(data, start, start + count, rows, characters=True)
+    if size > start + count:
+        print(f"{size - start - count} bytes after the text, which a reader ignores")
+
+
+def print_count(data):
+    """Explain the byte-count prefix; return (where the code units start, their bytes)."""
+    head = data[:4].hex()
+    count = int.from_bytes(data[:4], "big")
+    if len(data) < 4:
+        print(f"count      {head or '(none)'}: cut short, a count takes 4 bytes")
+        return 0, 0
+    if count == shmcodec.NULL_COUNT:
+        print(f"count      {head} = a null QString: no text at all")
+        return 4, 0
+    if count == shmcodec.LARGE_COUNT and len(data) >= 12:
+        count = int.from_bytes(data[4:12], "big", signed=True)
+        print(f"count      {head} {data[4:12].hex()} = Qt 6.7+ large-size form: "
+              f"{count} bytes = {count / 2:g} UTF-16 code units")
+        return 12, count
+    print(f"count      {head} = {count} bytes = {count / 2:g} UTF-16 code units")
+    return 4, count
+
+
+def print_rows(data, start, end, rows, characters):
+    """Rows of offset, 16 bytes as 8 code units, and the characters they encode.
+
+    data holds the first bytes of the segment; the rows cover offsets start to end, or
+    the first rows of them (None: all).
     """
-    logbook = shmcodec.read_logbook(lock_fd)
-    if logbook is None or shmcodec.owner_alive(lock_fd):
-        return None  # a live loader's segment, or none of ours (made by Qt, say)
-    pid, state = logbook
-    if state != "loaded":
-        raise Failure(f"load_shared.py (pid {pid}) died while writing /{key}; "
-                      "there is no whole text to show")
-    return pid
+    shown = data[start:end if rows is None else min(end, start + rows * ROW)]
+    where = {}  # offset -> the character that starts there (a surrogate pair is one)
+    offset = start
+    for char in str(shown[:len(shown) // 2 * 2], "utf-16-be", "surrogatepass"):
+        where[offset] = visible(char)
+        offset += 4 if ord(char) > 0xFFFF else 2
+    for row in range(start, start + len(shown), ROW):
+        chunk = shown[row - start:row - start + ROW]
+        units = " ".join(chunk[i:i + 2].hex() for i in range(0, len(chunk), 2))
+        text = "".join(where.get(row + i, "") for i in range(0, len(chunk), 2))
+        print(f"{row:08x}  {units:<39}  {text if characters else ''}".rstrip())
+    left_out = -(-(end - start) // ROW) - -(-len(shown) // ROW)  # rows not shown
+    if left_out > 0:
+        print(f"... {left_out} more rows (--hex=all shows them)")
+
+
+def visible(char):
+    """A character as it can be seen: control characters and lone surrogates escaped."""
+    if char.isprintable() or char == " ":
+        return char
+    return ascii(char)[1:-1]  # \n, \x00, \ud800 ...
 
 
 def main():
-    key, _, _ = shmcodec.parse_command_line(__doc__)
+    key, options, _ = shmcodec.parse_command_line(__doc__, ["--hex"])
+    hex_rows = options.get("--hex")
+    if hex_rows not in (None, True, "all") and not hex_rows.isdigit():
+        shmcodec.usage_error(f"--hex={hex_rows}: give a number of rows, or all")
+    # A QString may hold lone surrogates, which no encoding can write: print them escaped.
+    sys.stdout.reconfigure(errors="backslashreplace")
     try:
-        text = read_text(key)
+        if hex_rows is None:
+            text = read_text(key)
+            print("" if text is None else text)  # a null QString shows as empty, as in Qt
+        else:
+            show_bytes(key, 16 if hex_rows is True else None if hex_rows == "all" else
+                       int(hex_rows))
     except (Failure, OSError) as failure:
         print(f"show_shared.py: {failure}", file=sys.stderr)
         return 1
-    # A QString may hold lone surrogates, which no encoding can write: print them escaped.
-    sys.stdout.reconfigure(errors="backslashreplace")
-    print("" if text is None else text)  # a null QString shows as empty, as in Qt
     return 0
 
 
