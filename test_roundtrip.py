@@ -673,6 +673,166 @@ class FaultTest(ProcessTestCase):
 QUIET_LINE = "signal.signal(signal.SIGINT, signal.SIG_DFL)"
 
 
+class HexViewTest(ProcessTestCase):
+    """show_shared.py --hex shows what is in the segment, also when it is corrupt."""
+
+    def hex(self, *args):
+        return self.show(*args)
+
+    def test_live_loader_segment(self):
+        loader = self.start_loader("Grüße 😀\nb")
+        status, out, err = self.hex("--hex")
+        self.assertEqual((status, err), (0, ""))
+        lines = out.decode().splitlines()
+        self.assertEqual(lines[0], f"segment    /{self.key} = /dev/shm/{self.key}, 24 bytes")
+        self.assertIn(os.path.join(self.tmpdir, f"qshm-{self.key}.lock"), lines[1])
+        self.assertIn(f"pid {loader.pid}, alive", lines[2])
+        self.assertEqual(lines[3], "count      00000014 = 20 bytes = 10 UTF-16 code units")
+        self.assertEqual(lines[4], "00000004  0047 0072 00fc 00df 0065 0020 d83d de00  Grüße 😀")
+        self.assertEqual(lines[5], "00000014  000a 0062                                \\nb")
+        self.assertEqual(len(lines), 6)
+
+    def test_row_limits(self):
+        self.write_segment(shmcodec.encode_qstring("x" * 200))  # 400 bytes: 25 rows
+        for option, rows, more in (("--hex", 16, "9 more rows"), ("--hex=2", 2, "23 more rows"),
+                                   ("--hex=all", 25, None)):
+            with self.subTest(option):
+                status, out, err = self.hex(option)
+                self.assertEqual(status, 0)
+                lines = out.decode().splitlines()
+                row_lines = [line for line in lines if line[:1] == "0"]
+                self.assertEqual(len(row_lines), rows)
+                self.assertEqual(row_lines[0], "00000004  " + " ".join(["0078"] * 8) + "  " + "x" * 8)
+                if more:
+                    self.assertIn(more, lines[-1])
+                    self.assertIn("--hex=all", lines[-1])
+                else:
+                    self.assertNotIn("more rows", out.decode())
+        status, out, err = self.hex("--hex=x")
+        self.assertEqual((status, out), (2, b""))
+
+    def test_null_large_form_and_slack(self):
+        self.write_segment(bytes.fromhex("ffffffff"))
+        self.assertIn("null QString", self.hex("--hex")[1].decode())
+        shmcodec.unlink_segment(self.key)
+        self.write_segment(bytes.fromhex("fffffffe" "0000000000000004" "d83dde00") + b"\0\0")
+        out = self.hex("--hex")[1].decode()
+        self.assertIn("large-size form: 4 bytes = 2 UTF-16 code units", out)
+        self.assertIn("0000000c  d83d de00", out)
+        self.assertIn("2 bytes after the text", out)
+        self.assertIn("another program", out)
+
+    def test_corrupt_segment_shows_bytes_and_what_is_wrong(self):
+        data = bytes.fromhex("0000000700410042")
+        self.write_segment(data)
+        status, out, err = self.hex("--hex")
+        self.assertEqual(status, 1)
+        self.assertIn("00000000  0000 0007 0041 0042", out.decode())
+        self.assert_one_line(err, "odd byte count 7")
+        with open(self.segment_path, "rb") as segment:
+            self.assertEqual(segment.read(), data)
+
+    def test_stale_segment(self):
+        loader = self.start_loader("stale")
+        loader.kill()
+        loader.wait()
+        status, out, err = self.hex("--hex")
+        self.assertEqual(status, 0)
+        self.assertIn(f"pid {loader.pid}, gone", out.decode())
+
+
+# Run by QtTest in a subprocess (QSharedMemory's lifetime is the process's): a Qt 6 program
+# that writes argv[2] under key argv[1], or, with no argv[2], reads and prints ascii(text).
+QT_PEER = """
+import sys
+from PySide6.QtCore import QByteArray, QDataStream, QIODevice, QSharedMemory
+memory = QSharedMemory(QSharedMemory.platformSafeKey(sys.argv[1]))
+if len(sys.argv) > 2:
+    data = QByteArray()
+    QDataStream(data, QIODevice.WriteOnly).writeQString(sys.argv[2])
+    if not memory.create(data.size()):
+        sys.exit(memory.errorString())
+    memory.lock()
+    memory.data()[:data.size()] = bytes(data)
+    memory.unlock()
+    print("ready", flush=True)
+    sys.stdin.read()  # hold the segment until the test closes our stdin
+else:
+    if not memory.attach(QSharedMemory.AccessMode.ReadOnly):
+        sys.exit(memory.errorString())
+    memory.lock()
+    data = QByteArray(bytes(memory.constData()[:memory.size()]))
+    memory.unlock()
+    memory.detach()
+    print(ascii(QDataStream(data, QIODevice.ReadOnly).readQString()))
+"""
+
+
+def pyside6_missing():
+    try:
+        import PySide6.QtCore  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+@unittest.skipIf(pyside6_missing(), "PySide6 is not installed; see README: Proof against Qt")
+class QtTest(ProcessTestCase):
+    """Our bytes are Qt's bytes: checked against a real Qt 6 (PySide6)."""
+
+    def setUp(self):
+        super().setUp()
+        self.addCleanup(self.remove_qt_semaphore)
+
+    def remove_qt_semaphore(self):
+        semaphore = f"/dev/shm/sem.{self.key}"  # Qt's lock, should Qt leave it behind
+        if os.path.exists(semaphore):
+            os.unlink(semaphore)
+
+    def test_qt_writes_we_show(self):
+        for text in ("hello from Qt", "Grüße 😀", "two\nlines", ""):
+            with self.subTest(text=text):
+                writer = subprocess.Popen([sys.executable, "-c", QT_PEER, self.key, text],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, env=self.env)
+                self.processes.append(writer)
+                self.assertEqual(self.wait_line(writer), "ready\n")
+                self.assert_shows(text)
+                writer.stdin.close()
+                self.assertEqual(self.finish(writer)[0], 0)
+                self.unlink_segment()  # Qt 6 never removes a POSIX segment (qt-facts.md)
+
+    def test_we_load_qt_reads(self):
+        for text in ("hello from Python", "Grüße 😀", "two\nlines", ""):
+            with self.subTest(text=text):
+                loader = self.start_loader(text)
+                reader = subprocess.run([sys.executable, "-c", QT_PEER, self.key],
+                                        capture_output=True, env=self.env, timeout=TIMEOUT)
+                self.assertEqual(reader.returncode, 0, reader.stderr)
+                self.assertEqual(reader.stdout.decode(), ascii(text) + "\n")
+                loader.terminate()
+                self.assertEqual(self.finish(loader)[0], 0)
+
+    def test_codec_bytes_are_qdatastream_bytes(self):
+        from PySide6.QtCore import QByteArray, QDataStream, QIODevice
+        rng = random.Random(5)
+        texts = [None, "", "\ud800", "a\udfffb"] + [
+            "".join(chr(rng.choice([rng.randrange(0x20, 0x80), rng.randrange(0xE000, 0x10000),
+                                    rng.randrange(0x100, 0xD800),
+                                    rng.randrange(0x10000, 0x110000)]))
+                    for _ in range(rng.randrange(1, 30)))
+            for _ in range(300)]
+        for text in texts:
+            data = QByteArray()
+            QDataStream(data, QIODevice.WriteOnly).writeQString(text)
+            self.assertEqual(shmcodec.encode_qstring(text), bytes(data), ascii(text))
+            if any("\ud800" <= char <= "\udfff" for char in text or ""):
+                continue  # PySide6 cannot hand a lone surrogate back to Python
+            ours = QByteArray(shmcodec.encode_qstring(text))  # kept: the stream points into it
+            self.assertEqual(QDataStream(ours, QIODevice.ReadOnly).readQString(),
+                             text or "")  # PySide6 shows a null QString as ""
+
+
 def children(pid):
     """The pids of pid's child processes (Linux)."""
     found = []
