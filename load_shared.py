@@ -31,49 +31,38 @@ import sys  # noqa: E402
 import shmcodec  # noqa: E402
 from shmcodec import DATA_LOCK, OWNER_LOCK  # noqa: E402
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
 class Failure(Exception):
     """A runtime failure: its message is the one line we print before exiting 1."""
 
 
-def read_command_line():
-    key, options, operands = shmcodec.parse_command_line(__doc__, ["--replace"], 1)
-    text = operands[0] if operands else None
-    if text is not None and text != "-" and not is_utf8(text):
-        shmcodec.usage_error("TEXT is not valid UTF-8")
-    return key, text, options.get("--replace", False)
-
-
-def is_utf8(text):
-    # Python hands undecodable bytes of argv over as lone surrogates.
-    return text.isascii() or not any("\ud800" <= c <= "\udfff" for c in text)
-
-
-def read_stdin():
-    """All of standard input as text, less one final newline."""
-    data = sys.stdin.buffer.read()
-    end = len(data) - 1 if data.endswith(b"\n") else len(data)
+def main():
+    key, text, replace = read_command_line()
+    lock_fd = None
     try:
-        return str(memoryview(data)[:end], "utf-8")  # a view: no copy of a large input
-    except UnicodeDecodeError as error:
-        raise Failure(f"standard input is not valid UTF-8 (byte {error.start})") from None
-
-
-def watch_stop_signals():
-    """Make Ctrl-C, SIGTERM and SIGHUP wake us where we wait, instead of stopping us mid-step.
-
-    The self-pipe trick: a signal's only effect is a byte written to a pipe. We notice it
-    when we next wait for input, so it never cuts a write or the release in half.
-    Returns the pipe's read end, readable once a stop signal has come.
-    """
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)
-    signal.set_wakeup_fd(write_end)
-    for each in STOP_SIGNALS:
-        signal.signal(each, lambda signum, frame: None)  # the byte in the pipe is enough
-    return read_end
+        if text == "-":
+            text = read_stdin()  # before we own anything: a Ctrl-C here just ends us
+        # 1. The key's lock file, which show_shared.py (and any other loader) opens too.
+        lock_fd = shmcodec.open_lock_file(key)
+        # 2. From here on, Ctrl-C and kill are noted, and acted on when we next wait.
+        stop_fd = watch_stop_signals()
+        # 3. Own the key: one loader at a time, and clear away what a crashed one left.
+        become_owner(lock_fd, key, replace)
+        # 4. Load the text (each line typed replaces it), 5. and hold it until told to stop.
+        if text is None:
+            for number, line in enumerate(lines_until_stopped(key, stop_fd)):
+                load(lock_fd, key, line, replacing=number > 0)
+        else:
+            load(lock_fd, key, text, replacing=False)
+            say(f"holding /{key} until Ctrl-C, SIGTERM or SIGHUP")
+            select.select([stop_fd], [], [])  # wait for a stop signal
+    except (Failure, OSError) as failure:
+        say(f"load_shared.py: {failure}")
+        return 1
+    finally:
+        # 6. Release: remove our segment, whichever way we leave.
+        if lock_fd is not None:
+            release(lock_fd, key)
+    return 0
 
 
 def become_owner(lock_fd, key, replace):
@@ -97,7 +86,7 @@ def become_owner(lock_fd, key, replace):
                 raise Failure(f"segment /{key} exists but load_shared.py did not make it "
                               "(a Qt program's?); use --replace to take it over")
             shmcodec.unlink_segment(key)
-        shmcodec.write_logbook(lock_fd, "")
+        shmcodec.write_logbook(lock_fd, "")  # a fresh start: no segment of ours yet
     finally:
         shmcodec.unlock(lock_fd, DATA_LOCK)
 
@@ -157,18 +146,57 @@ def release(lock_fd, key):
     shmcodec.unlock(lock_fd, DATA_LOCK)
 
 
+def read_command_line():
+    key, options, operands = shmcodec.parse_command_line(__doc__, ["--replace"], 1)
+    text = operands[0] if operands else None
+    if text is not None and text != "-" and not is_utf8(text):
+        shmcodec.usage_error("TEXT is not valid UTF-8")
+    return key, text, options.get("--replace", False)
+
+
+def is_utf8(text):
+    # Python hands over the bytes of argv that are not UTF-8 as lone surrogates.
+    return text.isascii() or not any("\ud800" <= char <= "\udfff" for char in text)
+
+
+def read_stdin():
+    """All of standard input as text, less one final newline."""
+    with open(0, "rb", closefd=False) as stdin:  # fd 0: works even with no sys.stdin
+        data = stdin.read()
+    end = len(data) - 1 if data.endswith(b"\n") else len(data)
+    try:
+        return str(memoryview(data)[:end], "utf-8")  # a view: no copy of a large input
+    except UnicodeDecodeError as error:
+        raise Failure(f"standard input is not valid UTF-8 (byte {error.start})") from None
+
+
+def watch_stop_signals():
+    """Make Ctrl-C, SIGTERM and SIGHUP wake us where we wait, instead of stopping us mid-step.
+
+    The self-pipe trick: a signal's only effect is a byte written to a pipe. We notice it
+    when we next wait for input, so it never cuts a write or the release in half.
+    Returns the pipe's read end, readable once a stop signal has come.
+    """
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end)
+    for each in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(each, lambda signum, frame: None)  # the byte in the pipe is enough
+    return read_end
+
+
 def lines_until_stopped(key, stop_fd):
     """Yield each line read from stdin (each is a new text, like clicking Load again)
     until the end of input or a stop signal."""
-    interactive = sys.stdin.isatty()
+    interactive = os.isatty(0)
     unfinished = b""
     while True:
         if interactive:
             say(f"Text for /{key} (Ctrl-D quits): ", end="")
-        ready, _, _ = select.select([sys.stdin, stop_fd], [], [])
+        ready, _, _ = select.select([0, stop_fd], [], [])
         if stop_fd in ready:
             return
-        chunk = os.read(sys.stdin.fileno(), 1 << 16)
+        chunk = os.read(0, 1 << 16)
         if not chunk:  # end of input; a last line without "\n" counts too
             lines, unfinished = [unfinished] if unfinished else [], b""
         else:
@@ -195,31 +223,6 @@ def report(line):
         # Nobody reads our stdout any more (a closed pipe or terminal). Keep serving the
         # segment, and send stdout to /dev/null so that exiting does not complain.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
-def main():
-    key, text, replace = read_command_line()
-    lock_fd = None
-    try:
-        if text == "-":
-            text = read_stdin()  # before we own anything: a Ctrl-C here just ends us
-        lock_fd = shmcodec.open_lock_file(key)
-        stop_fd = watch_stop_signals()
-        become_owner(lock_fd, key, replace)
-        if text is None:
-            for number, line in enumerate(lines_until_stopped(key, stop_fd)):
-                load(lock_fd, key, line, replacing=number > 0)
-        else:
-            load(lock_fd, key, text, replacing=False)
-            say(f"holding /{key} until Ctrl-C, SIGTERM or SIGHUP")
-            select.select([stop_fd], [], [])  # wait for a stop signal
-    except (Failure, OSError) as failure:
-        say(f"load_shared.py: {failure}")
-        return 1
-    finally:
-        if lock_fd is not None:
-            release(lock_fd, key)  # whatever happened, remove what is ours
-    return 0
 
 
 if __name__ == "__main__":

@@ -32,6 +32,26 @@ class Failure(Exception):
     """Nothing to show: its message is the one line we print before exiting 1."""
 
 
+def main():
+    key, options, _ = shmcodec.parse_command_line(__doc__, ["--hex"])
+    hex_rows = options.get("--hex")
+    if hex_rows not in (None, True, "all") and not hex_rows.isdigit():
+        shmcodec.usage_error(f"--hex={hex_rows}: give a number of rows, or all")
+    # A QString may hold lone surrogates, which no encoding can write: print them escaped.
+    sys.stdout.reconfigure(errors="backslashreplace")
+    try:
+        if hex_rows is None:
+            text = read_text(key)
+            print("" if text is None else text)  # a null QString shows as empty, as in Qt
+        else:
+            show_bytes(key, 16 if hex_rows is True else None if hex_rows == "all" else
+                       int(hex_rows))
+    except (Failure, OSError) as failure:
+        print(f"show_shared.py: {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def read_segment(key, read):
     """Run read(the segment's memory) while attached and locked. Return its result, the
     logbook of the last loader (pid, state) or None, and whether that loader is alive.
@@ -165,26 +185,6 @@ def visible(char):
     if char.isprintable() or char == " ":
         return char
     return ascii(char)[1:-1]  # \n, \x00, \ud800 ...
-
-
-def main():
-    key, options, _ = shmcodec.parse_command_line(__doc__, ["--hex"])
-    hex_rows = options.get("--hex")
-    if hex_rows not in (None, True, "all") and not hex_rows.isdigit():
-        shmcodec.usage_error(f"--hex={hex_rows}: give a number of rows, or all")
-    # A QString may hold lone surrogates, which no encoding can write: print them escaped.
-    sys.stdout.reconfigure(errors="backslashreplace")
-    try:
-        if hex_rows is None:
-            text = read_text(key)
-            print("" if text is None else text)  # a null QString shows as empty, as in Qt
-        else:
-            show_bytes(key, 16 if hex_rows is True else None if hex_rows == "all" else
-                       int(hex_rows))
-    except (Failure, OSError) as failure:
-        print(f"show_shared.py: {failure}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -217,7 +217,8 @@ class ProcessTestCase(unittest.TestCase):
 
     def run_script(self, *args, script=VIEWER, key=None, input=None):
         result = subprocess.run(
-            [sys.executable, script, "--key", self.key if key is None else key, *args], input=input,
+            [sys.executable, script, "--key", self.key if key is None else key, *args],
+            input=input, stdin=None if input else subprocess.DEVNULL,
             capture_output=True, env=self.env, cwd=HERE, timeout=TIMEOUT)
         return result.returncode, result.stdout, result.stderr.decode()
 
@@ -635,6 +636,23 @@ class FaultTest(ProcessTestCase):
         status, out, err = self.finish(loader)
         self.assertEqual((status, err), (0, ""))
         self.assertFalse(self.segment_exists())
+
+    def test_loader_without_standard_input(self):
+        # Without fd 0, the interactive loader meets the end of input at once (exit 0), and
+        # "-" cannot read its text (exit 1); neither leaves anything behind.
+        for args, expected in (((), 0), (("-",), 1)):
+            with self.subTest(args=args):
+                loader = subprocess.Popen(
+                    [sys.executable, LOADER, "--key", self.key, *args], stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, cwd=HERE,
+                    preexec_fn=lambda: os.close(0))  # no fd 0 at all, as in some CI runners
+                self.processes.append(loader)
+                status, out, err = self.finish(loader)
+                self.assertEqual((status, out), (expected, b""))
+                if expected:
+                    self.assert_one_line(err, "Bad file descriptor")
+                self.assertNotIn("Traceback", err)
+                self.assertFalse(self.segment_exists())
 
     def test_stop_signal_at_any_moment(self):
         rng = random.Random(4)
