@@ -53,10 +53,10 @@ def main():
 
 
 def read_segment(key, read):
-    """Run read(the segment's memory) while attached and locked. Return its result, the
-    logbook of the last loader (pid, state) or None, and whether that loader is alive.
+    """Return read(the segment's memory, logbook, alive), run while attached and locked.
 
-    This is the original's attach(), lock(), constData(), unlock() and detach().
+    logbook is the last loader's (pid, state) or None, and alive tells if it still lives.
+    This is the original's lock(), attach(), constData(), detach() and unlock().
     """
     lock_fd = shmcodec.open_lock_file(key)
     # Lock *before* attaching: a loader that replaces its text swaps in a new segment, and
@@ -71,10 +71,10 @@ def read_segment(key, read):
         except FileNotFoundError:
             raise Failure(f"nothing loaded under key {key!r}: "
                           "run load_shared.py first (Enter a text first)") from None
-        except ValueError:  # mmap refuses an empty file
-            raise Failure(f"segment /{key} is empty (0 bytes): it holds no QString") from None
+        except ValueError:  # a 0-byte segment cannot be mapped: read it as no bytes
+            return read(b"", logbook, alive)
         try:
-            return read(segment.buf), logbook, alive
+            return read(segment.buf, logbook, alive)
         finally:
             segment.close()  # sharedMem.detach(): unmap, and leave the segment alone
     finally:
@@ -82,22 +82,21 @@ def read_segment(key, read):
 
 
 def read_text(key):
-    def decode(buffer):
+    def decode(buffer, logbook, alive):
+        dead_loader = logbook if logbook and not alive else None
+        if dead_loader and dead_loader[1] != "loaded":  # its logbook still says "writing"
+            raise Failure(f"load_shared.py (pid {dead_loader[0]}) died while writing "
+                          f"/{key}; there is no whole text to show")
         try:
-            return shmcodec.decode_qstring(buffer)  # QDataStream >> text, from the segment
+            return shmcodec.decode_qstring(buffer), dead_loader  # QDataStream >> text
         except shmcodec.QStringFormatError as error:
             raise Failure(f"segment /{key} ({len(buffer)} bytes) holds no QString: "
                           f"{error}") from None
 
-    # A loader that died mid-write leaves a logbook that says "writing": nothing whole to show.
-    text, logbook, alive = read_segment(key, decode)
-    if logbook and not alive:
-        pid, state = logbook
-        if state != "loaded":
-            raise Failure(f"load_shared.py (pid {pid}) died while writing /{key}; "
-                          "there is no whole text to show")
-        print(f"show_shared.py: note: load_shared.py (pid {pid}), which loaded this text, "
-              "is gone; the next load_shared.py replaces it", file=sys.stderr)
+    text, dead_loader = read_segment(key, decode)
+    if dead_loader:
+        print(f"show_shared.py: note: load_shared.py (pid {dead_loader[0]}), which loaded "
+              "this text, is gone; the next load_shared.py replaces it", file=sys.stderr)
     return text
 
 
@@ -108,16 +107,16 @@ ROW = 16  # bytes a row: 8 UTF-16 code units
 
 def show_bytes(key, rows):
     """Print what is in the segment; raise Failure if it holds no whole QString."""
-    def copy(buffer):  # copy what we show (and check the rest) while we hold the lock
+    def copy(buffer, logbook, alive):  # copy what we show, and check it, under the lock
         try:
             shmcodec.decode_qstring(buffer)
             problem = None
         except shmcodec.QStringFormatError as error:
             problem = str(error)
         shown = len(buffer) if rows is None else 12 + rows * ROW
-        return bytes(buffer[:shown]), len(buffer), problem
+        return bytes(buffer[:shown]), len(buffer), problem, logbook, alive
 
-    (data, size, problem), logbook, alive = read_segment(key, copy)
+    data, size, problem, logbook, alive = read_segment(key, copy)
     where = f" = /dev/shm/{key}" if sys.platform.startswith("linux") else ""
     print(f"segment    /{key}{where}, {size} bytes")
     print(f"lock file  {shmcodec.lock_path(key)}")
