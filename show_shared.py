@@ -174,9 +174,13 @@ def print_rows(data, start, end, rows, characters):
         units = " ".join(chunk[i:i + 2].hex() for i in range(0, len(chunk), 2))
         text = "".join(where.get(row + i, "") for i in range(0, len(chunk), 2))
         print(f"{row:08x}  {units:<39}  {text if characters else ''}".rstrip())
-    left_out = -(-(end - start) // ROW) - -(-len(shown) // ROW)  # rows not shown
+    left_out = rows_for(end - start) - rows_for(len(shown))
     if left_out > 0:
         print(f"... {left_out} more rows (--hex=all shows them)")
+
+
+def rows_for(byte_count):
+    return (byte_count + ROW - 1) // ROW
 
 
 def visible(char):

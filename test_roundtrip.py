@@ -694,12 +694,9 @@ QUIET_LINE = "signal.signal(signal.SIGINT, signal.SIG_DFL)"
 class HexViewTest(ProcessTestCase):
     """show_shared.py --hex shows what is in the segment, also when it is corrupt."""
 
-    def hex(self, *args):
-        return self.show(*args)
-
     def test_live_loader_segment(self):
         loader = self.start_loader("Grüße 😀\nb")
-        status, out, err = self.hex("--hex")
+        status, out, err = self.show("--hex")
         self.assertEqual((status, err), (0, ""))
         lines = out.decode().splitlines()
         self.assertEqual(lines[0], f"segment    /{self.key} = /dev/shm/{self.key}, 24 bytes")
@@ -715,7 +712,7 @@ class HexViewTest(ProcessTestCase):
         for option, rows, more in (("--hex", 16, "9 more rows"), ("--hex=2", 2, "23 more rows"),
                                    ("--hex=all", 25, None)):
             with self.subTest(option):
-                status, out, err = self.hex(option)
+                status, out, err = self.show(option)
                 self.assertEqual(status, 0)
                 lines = out.decode().splitlines()
                 row_lines = [line for line in lines if line[:1] == "0"]
@@ -726,15 +723,15 @@ class HexViewTest(ProcessTestCase):
                     self.assertIn("--hex=all", lines[-1])
                 else:
                     self.assertNotIn("more rows", out.decode())
-        status, out, err = self.hex("--hex=x")
+        status, out, err = self.show("--hex=x")
         self.assertEqual((status, out), (2, b""))
 
     def test_null_large_form_and_slack(self):
         self.write_segment(bytes.fromhex("ffffffff"))
-        self.assertIn("null QString", self.hex("--hex")[1].decode())
+        self.assertIn("null QString", self.show("--hex")[1].decode())
         shmcodec.unlink_segment(self.key)
         self.write_segment(bytes.fromhex("fffffffe" "0000000000000004" "d83dde00") + b"\0\0")
-        out = self.hex("--hex")[1].decode()
+        out = self.show("--hex")[1].decode()
         self.assertIn("large-size form: 4 bytes = 2 UTF-16 code units", out)
         self.assertIn("0000000c  d83d de00", out)
         self.assertIn("2 bytes after the text", out)
@@ -743,7 +740,7 @@ class HexViewTest(ProcessTestCase):
     def test_corrupt_segment_shows_bytes_and_what_is_wrong(self):
         data = bytes.fromhex("0000000700410042")
         self.write_segment(data)
-        status, out, err = self.hex("--hex")
+        status, out, err = self.show("--hex")
         self.assertEqual(status, 1)
         self.assertIn("00000000  0000 0007 0041 0042", out.decode())
         self.assert_one_line(err, "odd byte count 7")
@@ -754,7 +751,7 @@ class HexViewTest(ProcessTestCase):
         loader = self.start_loader("stale")
         loader.kill()
         loader.wait()
-        status, out, err = self.hex("--hex")
+        status, out, err = self.show("--hex")
         self.assertEqual(status, 0)
         self.assertIn(f"pid {loader.pid}, gone", out.decode())
 
