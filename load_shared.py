@@ -195,19 +195,21 @@ def lines_until_stopped(key, stop_fd):
             say(f"Text for /{key} (Ctrl-D quits): ", end="")
         ready, _, _ = select.select([0, stop_fd], [], [])
         if stop_fd in ready:
-            return
+            break
         chunk = os.read(0, 1 << 16)
-        if not chunk:  # end of input; a last line without "\n" counts too
-            lines, unfinished = [unfinished] if unfinished else [], b""
-        else:
+        if chunk:
             *lines, unfinished = (unfinished + chunk).split(b"\n")
+        else:  # end of input; a last line without "\n" counts too
+            lines, unfinished = [unfinished] if unfinished else [], b""
         for line in lines:
             try:
                 yield line.decode("utf-8")
             except UnicodeDecodeError:
                 say("that line is not valid UTF-8; the text stays as it was")
         if not chunk:
-            return
+            break
+    if interactive:
+        say("")  # end the prompt's line
 
 
 def say(message, end="\n"):
