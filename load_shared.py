@@ -31,6 +31,7 @@ import sys  # noqa: E402
 import shmcodec  # noqa: E402
 from shmcodec import DATA_LOCK, OWNER_LOCK  # noqa: E402
 
+
 class Failure(Exception):
     """A runtime failure: its message is the one line we print before exiting 1."""
 
