@@ -73,25 +73,32 @@ def decode_qstring(buffer):
     segment's memory, say), without copying it first. Raises QStringFormatError.
     """
     with memoryview(buffer) as data:
-        if len(data) < 4:
-            raise QStringFormatError(f"byte count cut short: {len(data)} of 4 bytes")
-        count, start = int.from_bytes(data[:4], "big"), 4
-        if count == NULL_COUNT:
+        span = qstring_span(data)
+        return None if span is None else str(data[span[0]:span[1]], "utf-16-be", "surrogatepass")
+
+
+def qstring_span(data):
+    """Return (start, end): where the code units of the QString at the start of data lie,
+    or None for a null QString. Raises QStringFormatError, saying what is wrong."""
+    if len(data) < 4:
+        raise QStringFormatError(f"byte count cut short: {len(data)} of 4 bytes")
+    count, start = int.from_bytes(data[:4], "big"), 4
+    if count == NULL_COUNT:
+        return None
+    if count == LARGE_COUNT:
+        if len(data) < 12:
+            raise QStringFormatError(f"large-size count cut short: {len(data)} of 12 bytes")
+        count, start = int.from_bytes(data[4:12], "big", signed=True), 12
+        if count == -1:  # Qt reads this as null too
             return None
-        if count == LARGE_COUNT:
-            if len(data) < 12:
-                raise QStringFormatError(f"large-size count cut short: {len(data)} of 12 bytes")
-            count, start = int.from_bytes(data[4:12], "big", signed=True), 12
-            if count == -1:  # Qt reads this as null too
-                return None
-            if count < 0:
-                raise QStringFormatError(f"bad large-size count {count}")
-        if count % 2:
-            raise QStringFormatError(f"odd byte count {count}: UTF-16 needs 2 bytes a unit")
-        if start + count > len(data):
-            raise QStringFormatError(
-                f"byte count {count} runs past the end: {len(data) - start} bytes follow")
-        return str(data[start:start + count], "utf-16-be", "surrogatepass")
+        if count < 0:
+            raise QStringFormatError(f"bad large-size count {count}")
+    if count % 2:
+        raise QStringFormatError(f"odd byte count {count}: UTF-16 needs 2 bytes a unit")
+    if start + count > len(data):
+        raise QStringFormatError(
+            f"byte count {count} runs past the end: {len(data) - start} bytes follow")
+    return start, start + count
 
 
 # --- The key -------------------------------------------------------------------------------

@@ -109,14 +109,13 @@ def show_bytes(key, rows):
     """Print what is in the segment; raise Failure if it holds no whole QString."""
     def copy(buffer, logbook, alive):  # copy what we show, and check it, under the lock
         try:
-            shmcodec.decode_qstring(buffer)
-            problem = None
+            span, problem = shmcodec.qstring_span(buffer) or (4, 4), None  # null: no units
         except shmcodec.QStringFormatError as error:
-            problem = str(error)
+            span, problem = None, str(error)
         shown = len(buffer) if rows is None else 12 + rows * ROW
-        return bytes(buffer[:shown]), len(buffer), problem, logbook, alive
+        return bytes(buffer[:shown]), len(buffer), span, problem, logbook, alive
 
-    data, size, problem, logbook, alive = read_segment(key, copy)
+    data, size, span, problem, logbook, alive = read_segment(key, copy)
     where = f" = /dev/shm/{key}" if sys.platform.startswith("linux") else ""
     print(f"segment    /{key}{where}, {size} bytes")
     print(f"lock file  {shmcodec.lock_path(key)}")
@@ -129,32 +128,27 @@ def show_bytes(key, rows):
     else:
         owner = "no load_shared.py: another program (a Qt one?) made it"
     print(f"owner      {owner}")
-    start, count = print_count(data)
+    print(f"count      {explain_count(data)}")
     if problem:  # the count cannot be trusted: show every byte, and no characters
         print_rows(data, 0, size, rows, characters=False)
         raise Failure(f"segment /{key} holds no whole QString: {problem}")
-    print_rows(data, start, start + count, rows, characters=True)
-    if size > start + count:
-        print(f"{size - start - count} bytes after the text, which a reader ignores")
+    print_rows(data, *span, rows, characters=True)
+    if size > span[1]:
+        print(f"{size - span[1]} bytes after the text, which a reader ignores")
 
 
-def print_count(data):
-    """Explain the byte-count prefix; return (where the code units start, their bytes)."""
-    head = data[:4].hex()
+def explain_count(data):
+    """What the byte-count prefix at the start of data says."""
     count = int.from_bytes(data[:4], "big")
     if len(data) < 4:
-        print(f"count      {head or '(none)'}: cut short, a count takes 4 bytes")
-        return 0, 0
+        return f"{data.hex() or '(none)'}: cut short, a count takes 4 bytes"
     if count == shmcodec.NULL_COUNT:
-        print(f"count      {head} = a null QString: no text at all")
-        return 4, 0
+        return f"{data[:4].hex()} = a null QString: no text at all"
     if count == shmcodec.LARGE_COUNT and len(data) >= 12:
         count = int.from_bytes(data[4:12], "big", signed=True)
-        print(f"count      {head} {data[4:12].hex()} = Qt 6.7+ large-size form: "
-              f"{count} bytes = {count / 2:g} UTF-16 code units")
-        return 12, count
-    print(f"count      {head} = {count} bytes = {count / 2:g} UTF-16 code units")
-    return 4, count
+        return (f"{data[:4].hex()} {data[4:12].hex()} = Qt 6.7+ large-size form: "
+                f"{count} bytes = {count / 2:g} UTF-16 code units")
+    return f"{data[:4].hex()} = {count} bytes = {count / 2:g} UTF-16 code units"
 
 
 def print_rows(data, start, end, rows, characters):
@@ -165,15 +159,16 @@ def print_rows(data, start, end, rows, characters):
     """
     shown = data[start:end if rows is None else min(end, start + rows * ROW)]
     where = {}  # offset -> the character that starts there (a surrogate pair is one)
-    offset = start
-    for char in str(shown[:len(shown) // 2 * 2], "utf-16-be", "surrogatepass"):
-        where[offset] = visible(char)
-        offset += 4 if ord(char) > 0xFFFF else 2
+    if characters:
+        offset = start
+        for char in str(shown[:len(shown) // 2 * 2], "utf-16-be", "surrogatepass"):
+            where[offset] = visible(char)
+            offset += 4 if ord(char) > 0xFFFF else 2
     for row in range(start, start + len(shown), ROW):
         chunk = shown[row - start:row - start + ROW]
         units = " ".join(chunk[i:i + 2].hex() for i in range(0, len(chunk), 2))
         text = "".join(where.get(row + i, "") for i in range(0, len(chunk), 2))
-        print(f"{row:08x}  {units:<39}  {text if characters else ''}".rstrip())
+        print(f"{row:08x}  {units:<39}  {text}".rstrip())
     left_out = rows_for(end - start) - rows_for(len(shown))
     if left_out > 0:
         print(f"... {left_out} more rows (--hex=all shows them)")
