@@ -6,6 +6,7 @@ that Qt's QDataStream writes, for show_shared.py (or a Qt program) to read.
 
   (no TEXT)      ask for texts: each line replaces the last; Ctrl-D or Ctrl-C quits
   TEXT           load TEXT and hold it until Ctrl-C, SIGTERM or SIGHUP
+                 (write -- TEXT for a text that starts with "-")
   -              the same with all of standard input (UTF-8), less one final newline
   --key KEY      the segment's key (default: MySharedMemory)
   --replace      take over a segment /KEY that load_shared.py did not make (a Qt one)
