@@ -77,7 +77,7 @@ def become_owner(lock_fd, key, replace):
         if not shmcodec.lock(lock_fd, OWNER_LOCK, exclusive=True, wait=False):
             pid = f" (pid {logbook[0]})" if logbook else ""
             raise Failure(f"another load_shared.py{pid} holds key {key!r}; stop it first")
-        if segment_exists(key):
+        if shmcodec.segment_exists(key):
             # The OWNER_LOCK was free, so nobody alive owns this segment.
             if logbook:
                 say(f"replacing /{key}, left behind by load_shared.py (pid {logbook[0]}), "
@@ -93,19 +93,10 @@ def become_owner(lock_fd, key, replace):
         shmcodec.unlock(lock_fd, DATA_LOCK)
 
 
-def segment_exists(key):
-    try:
-        shmcodec.attach_segment(key).close()
-    except FileNotFoundError:
-        return False
-    except ValueError:  # a 0-byte segment exists, but cannot be mapped
-        pass
-    return True
-
-
 def load(lock_fd, key, text, replacing):
     """Write text into a new segment /key, under the lock: QSharedMemory::create() + memcpy."""
-    prefix, payload = shmcodec.qstring_parts(text)  # QDataStream << text, before locking
+    # Serialize before we lock, so that readers wait only for the copy.
+    prefix, payload = shmcodec.qstring_parts(text)  # QDataStream << text
     size = len(prefix) + len(payload)
     shmcodec.lock(lock_fd, DATA_LOCK, exclusive=True)  # sharedMem.lock()
     try:

@@ -195,6 +195,16 @@ def attach_segment(key):
     return SharedMemory(key, **_UNTRACKED)
 
 
+def segment_exists(key):
+    try:
+        attach_segment(key).close()
+    except FileNotFoundError:
+        return False
+    except ValueError:  # a 0-byte segment exists, but cannot be mapped
+        pass
+    return True
+
+
 def unlink_segment(key):
     """Remove the name /key. Processes that mapped it keep their memory until they close it.
 
