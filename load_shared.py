@@ -1,22 +1,25 @@
-#!/usr/bin/env python3
-"""usage: load_shared.py [--key KEY] [--replace] [TEXT | -]
+"""usage: load_shared.py [--key KEY] [--sysv] [--replace] [TEXT | -]
 
-SharedMemoryLoad in Python: load a text into the shared-memory segment /KEY, in the bytes
-that Qt's QDataStream writes, for show_shared.py (or a Qt program) to read.
+SharedMemoryLoad in Python: load a text into a shared-memory segment under KEY, in the
+bytes that Qt's QDataStream writes, for show_shared.py (or a Qt program) to read.
 
   (no TEXT)      ask for texts: each line replaces the last; Ctrl-D or Ctrl-C quits
   TEXT           load TEXT and hold it until Ctrl-C, SIGTERM or SIGHUP
                  (write -- TEXT for a text that starts with "-")
   -              the same with all of standard input (UTF-8), less one final newline
   --key KEY      the segment's key (default: MySharedMemory)
-  --replace      take over a segment /KEY that load_shared.py did not make (a Qt one)
+  --sysv         use Qt's System V segment for KEY, which the article's programs and every
+                 Qt 5 program use (QSharedMemory("KEY")), instead of the POSIX segment /KEY
+                 of Qt 6's QSharedMemory::platformSafeKey("KEY") (64-bit Linux only)
+  --replace      take over a segment that load_shared.py did not make (a Qt program's)
   -h, --help     show this help
 
-The loader owns the segment: POSIX shared memory has no count of attached processes, so
-the segment lives exactly as long as this program holds it, and goes when it quits.
+The loader owns the segment: it stays attached while it holds the text, and removes the
+segment (and Qt's semaphore and key files) when it quits. Around each write it takes
+Qt's lock too, so a Qt program's lock() waits for it, and it waits for theirs.
 
 exit status: 0 released cleanly (end of input, Ctrl-C, SIGTERM, SIGHUP),
-             1 failed (key held by another loader, segment not ours, no memory, ...),
+             1 failed (key held by another loader, segment in use, no memory, ...),
              2 bad usage
 """
 
@@ -38,8 +41,8 @@ class Failure(Exception):
 
 
 def main():
-    key, text, replace = read_command_line()
-    lock_fd = None
+    key, text, replace, kind = read_command_line()
+    lock_fd = qt_lock = segment = None
     try:
         if text == "-":
             text = read_stdin()  # before we own anything: a Ctrl-C here just ends us
@@ -48,103 +51,135 @@ def main():
         # 2. From here on, Ctrl-C and kill are noted, and acted on when we next wait.
         stop_fd = watch_stop_signals()
         # 3. Own the key: one loader at a time, and clear away what a crashed one left.
-        become_owner(lock_fd, key, replace)
-        # 4. Load the text (each line typed replaces it), 5. and hold it until told to stop.
+        become_owner(lock_fd, kind, replace)
+        # 4. Qt's lock for this kind of segment, made afresh as Qt's create() makes it.
+        qt_lock = kind.open_qt_lock(create=True)
+        # 5. Load the text (each line typed replaces it), 6. and hold it until told to stop.
         if text is None:
-            for number, line in enumerate(lines_until_stopped(key, stop_fd)):
-                load(lock_fd, key, line, replacing=number > 0)
+            for line in lines_until_stopped(kind, stop_fd):
+                segment = load(lock_fd, qt_lock, kind, line, segment, stop_fd)
         else:
-            load(lock_fd, key, text, replacing=False)
-            say(f"holding /{key} until Ctrl-C, SIGTERM or SIGHUP")
+            segment = load(lock_fd, qt_lock, kind, text, segment, stop_fd)
+            say(f"holding {kind.name} until Ctrl-C, SIGTERM or SIGHUP")
             select.select([stop_fd], [], [])  # wait for a stop signal
     except (Failure, OSError) as failure:
-        say(f"load_shared.py: {failure}")
+        say(f"load_shared.py: {shmcodec.one_line(failure)}")
         return 1
     finally:
-        # 6. Release: remove our segment, whichever way we leave.
+        # 7. Release: remove our segment and Qt's lock, whichever way we leave.
         if lock_fd is not None:
-            release(lock_fd, key)
+            release(lock_fd, kind, segment, qt_lock)
     return 0
 
 
-def become_owner(lock_fd, key, replace):
-    """Take the key's OWNER_LOCK for good, and clear away a segment left by a dead loader."""
+def become_owner(lock_fd, kind, replace):
+    """Take the key's OWNER_LOCK for good, and clear away what a dead loader left."""
     # DATA_LOCK first: show_shared.py probes OWNER_LOCK only under DATA_LOCK, so a probe
     # can never make us believe another loader is alive.
     shmcodec.lock(lock_fd, DATA_LOCK, exclusive=True)
     try:
         logbook = shmcodec.read_logbook(lock_fd)
         if not shmcodec.lock(lock_fd, OWNER_LOCK, exclusive=True, wait=False):
-            pid = f" (pid {logbook[0]})" if logbook else ""
-            raise Failure(f"another load_shared.py{pid} holds key {key!r}; stop it first")
-        if shmcodec.segment_exists(key):
-            # The OWNER_LOCK was free, so nobody alive owns this segment.
-            if logbook:
-                say(f"replacing /{key}, left behind by load_shared.py (pid {logbook[0]}), "
-                    "which is gone")
+            pid = f" (pid {logbook.pid})" if logbook else ""
+            raise Failure(f"another load_shared.py{pid} holds key {kind.key!r}; stop it first")
+        if logbook:  # the OWNER_LOCK was free: the loader that wrote this is gone
+            left = shmcodec.KINDS[logbook.kind](kind.key)  # of either kind
+            if left.exists():
+                say(f"replacing {left.name}, left behind by load_shared.py "
+                    f"(pid {logbook.pid}), which is gone")
+                left.remove()
+            if logbook.state == "writing":  # it died holding Qt's lock as well
+                wake_waiters_of(left)
+        if kind.exists():
+            users = kind.users()  # processes attached, or None where the system cannot tell
+            if users == 0:
+                say(f"replacing {kind.name}, which nobody is attached to "
+                    "(a program that made it was killed)")
             elif replace:
-                say(f"--replace: taking over /{key}")
+                say(f"--replace: taking over {kind.name}")
             else:
-                raise Failure(f"segment /{key} exists but load_shared.py did not make it "
-                              "(a Qt program's?); use --replace to take it over")
-            shmcodec.unlink_segment(key)
+                held = f"{users} processes are attached to it" if users else \
+                    "load_shared.py did not make it (a Qt program's?)"
+                raise Failure(f"{kind.name} exists and {held}; use --replace to take it over")
+            kind.remove()
         shmcodec.write_logbook(lock_fd, "")  # a fresh start: no segment of ours yet
     finally:
         shmcodec.unlock(lock_fd, DATA_LOCK)
 
 
-def load(lock_fd, key, text, replacing):
-    """Write text into a new segment /key, under the lock: QSharedMemory::create() + memcpy."""
+def wake_waiters_of(kind):
+    """Give back Qt's lock that a dead loader held, so that nobody waits on it for ever."""
+    try:
+        stuck = kind.open_qt_lock()
+    except FileNotFoundError:
+        return
+    stuck.wake_waiters()
+    stuck.close()
+
+
+def load(lock_fd, qt_lock, kind, text, old_segment, stop_fd):
+    """Write text into a new segment, under both locks: QSharedMemory::create() + memcpy.
+
+    Returns the new segment, which we stay attached to while we hold the text.
+    """
     # Serialize before we lock, so that readers wait only for the copy.
     prefix, payload = shmcodec.qstring_parts(text)  # QDataStream << text
     size = len(prefix) + len(payload)
-    shmcodec.lock(lock_fd, DATA_LOCK, exclusive=True)  # sharedMem.lock()
+    shmcodec.lock(lock_fd, DATA_LOCK, exclusive=True)  # sharedMem.lock(): ours first,
     try:
-        # The logbook says "writing" before the segment exists and "loaded" once it is
-        # whole, so a crash at any point leaves a state that the next run can read.
-        shmcodec.write_logbook(lock_fd, "writing")
-        if replacing:
-            # A segment has a fixed size: a new text needs a new segment.
+        if not qt_lock.acquire(give_up=lambda: stop_requested(stop_fd)):  # then Qt's
+            raise Failure(f"stopped while waiting for Qt's lock on {kind.name}; "
+                          "the text was not loaded")
+        try:
+            # The logbook says "writing" before the segment exists and "loaded" once it is
+            # whole, so a crash at any point leaves a state that the next run can read.
+            shmcodec.write_logbook(lock_fd, "writing", kind)
+            if old_segment:
+                # sharedMem.detach(): a segment has a fixed size, so a new text needs a
+                # new segment, and the old one goes.
+                old_segment.close()
+                kind.remove()
             try:
-                shmcodec.unlink_segment(key)
-            except FileNotFoundError:  # removed by hand meanwhile
-                pass
-        try:
-            segment = shmcodec.create_segment(key, size)  # sharedMem.create(size)
-        except FileExistsError:
-            raise Failure(f"segment /{key} was made meanwhile by another program") from None
-        except OSError as error:
-            raise Failure(f"cannot make a {size}-byte segment /{key}: {error.strerror}") from None
-        try:
+                segment = kind.make(size)  # sharedMem.create(size), which attaches
+            except FileExistsError:
+                raise Failure(f"{kind.name} was made meanwhile by another program") from None
+            except OSError as error:
+                raise Failure(f"cannot make a {size}-byte segment {kind.name}: "
+                              f"{error.strerror}") from None
             segment.buf[:len(prefix)] = prefix  # memcpy(to, from, size)
             segment.buf[len(prefix):size] = payload
+            shmcodec.write_logbook(lock_fd, "loaded", kind)
         finally:
-            segment.close()  # we keep no mapping: the name keeps the segment alive
-        shmcodec.write_logbook(lock_fd, "loaded")
+            qt_lock.release()
     finally:
         shmcodec.unlock(lock_fd, DATA_LOCK)  # sharedMem.unlock()
-    report(f"Loaded {size} bytes into /{key}")
+    report(f"Loaded {size} bytes into {kind.name}")
+    return segment
 
 
-def release(lock_fd, key):
-    """Remove the segment if the logbook says it is ours, then empty the logbook."""
+def release(lock_fd, kind, segment, qt_lock):
+    """Detach; remove the segment if the logbook says it is ours; remove Qt's lock."""
     shmcodec.lock(lock_fd, DATA_LOCK, exclusive=True)
+    if segment:
+        segment.close()
     logbook = shmcodec.read_logbook(lock_fd)
-    if logbook and logbook[0] == os.getpid():
-        try:
-            shmcodec.unlink_segment(key)
-        except FileNotFoundError:
-            pass
+    if logbook and logbook.pid == os.getpid():
+        kind.remove()
         shmcodec.write_logbook(lock_fd, "")
+    if qt_lock:
+        qt_lock.close()  # its maker removes Qt's semaphore (and key file), as Qt does
     shmcodec.unlock(lock_fd, DATA_LOCK)
 
 
 def read_command_line():
-    key, options, operands = shmcodec.parse_command_line(__doc__, ["--replace"], 1)
+    key, options, operands = shmcodec.parse_command_line(__doc__, ["--replace", "--sysv"], 1)
     text = operands[0] if operands else None
     if text is not None and text != "-" and not is_utf8(text):
         shmcodec.usage_error("TEXT is not valid UTF-8")
-    return key, text, options.get("--replace", False)
+    if "--sysv" in options and not shmcodec.SYSTEM_V_HERE:
+        shmcodec.usage_error("--sysv: Qt's System V segments are supported on 64-bit Linux only")
+    kind = shmcodec.SystemV(key) if "--sysv" in options else shmcodec.Posix(key)
+    return key, text, options.get("--replace", False), kind
 
 
 def is_utf8(text):
@@ -178,14 +213,19 @@ def watch_stop_signals():
     return read_end
 
 
-def lines_until_stopped(key, stop_fd):
+def stop_requested(stop_fd):
+    """True once a stop signal has come (its byte waits in the pipe)."""
+    return bool(select.select([stop_fd], [], [], 0)[0])
+
+
+def lines_until_stopped(kind, stop_fd):
     """Yield each line read from stdin (each is a new text, like clicking Load again)
     until the end of input or a stop signal."""
     interactive = os.isatty(0)
     unfinished = b""
     while True:
         if interactive:
-            say(f"Text for /{key} (Ctrl-D quits): ", end="")
+            say(f"Text for {kind.name} (Ctrl-D quits): ", end="")
         ready, _, _ = select.select([0, stop_fd], [], [])
         if stop_fd in ready:
             break

@@ -1,31 +1,39 @@
-"""What load_shared.py and show_shared.py share: the bytes, the key and the lock.
+"""What load_shared.py and show_shared.py share: the bytes, the key and the locks.
 
 The bytes. Qt's `QDataStream << QString` writes a big-endian 32-bit *byte* count and then
 the text as UTF-16BE code units. We write and read exactly that, so a Qt program and these
 scripts read each other's segments.
 
-The key. Key "MySharedMemory" names the POSIX segment "/MySharedMemory": the one that
-`multiprocessing.shared_memory.SharedMemory("MySharedMemory")` opens, and the one a Qt 6
-program opens with `QSharedMemory(QSharedMemory::platformSafeKey("MySharedMemory"))`.
+The key. Qt turns key "MySharedMemory" into a segment in one of two ways (see "The two
+kinds of segment" below): the POSIX segment "/MySharedMemory" for Qt 6's
+`platformSafeKey("MySharedMemory")`, the same one that
+`multiprocessing.shared_memory.SharedMemory("MySharedMemory")` opens; or, for the article's
+plain `setKey("MySharedMemory")` and every Qt 5 program, a System V segment.
 
-The lock. Qt guards a segment with `lock()`/`unlock()`; we use fcntl locks on one lock file
-per key ($TMPDIR/qshm-KEY.lock, else /tmp/qshm-KEY.lock). It holds two one-byte locks:
+The locks. Qt's `lock()`/`unlock()` take a semaphore, and so do we, so that a Qt program
+and these scripts never write and read at once. Our own rules (one loader per key, what a
+crash left behind) live in fcntl locks on one lock file per key ($TMPDIR/qshm-KEY.lock,
+else /tmp/qshm-KEY.lock), which we always take first. It holds two one-byte locks:
   DATA_LOCK  a loader holds it exclusively while it writes, readers share it while they
              read: nobody ever sees half a text.
   OWNER_LOCK the loader holds it for as long as it lives. The kernel drops it when the
              loader dies, even by SIGKILL, so "is the owner alive?" needs no pid guessing.
-The file's text is the loader's logbook, "PID writing" or "PID loaded". A clean exit
-empties it, so a logbook left behind with a free OWNER_LOCK means the loader crashed.
+The file's text is the loader's logbook, "PID writing KIND" or "PID loaded KIND". A clean
+exit empties it, so a logbook left behind with a free OWNER_LOCK means the loader crashed.
 """
 
+import collections
+import ctypes
+import errno
 import fcntl
 import os
 import stat
 import sys
+import time
 from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
 
-import _posixshmem  # the C module behind SharedMemory; see unlink_segment()
+import _posixshmem  # the C module behind SharedMemory; see Posix.remove()
 
 DEFAULT_KEY = "MySharedMemory"
 
@@ -103,8 +111,9 @@ def qstring_span(data):
 
 # --- The key -------------------------------------------------------------------------------
 
-# A POSIX shared-memory name is one file name: 255 bytes on Linux, 30 (+ "/") on macOS.
-MAX_KEY_BYTES = 30 if sys.platform == "darwin" else 255
+# A POSIX shared-memory name is one file name: 255 bytes on Linux, 30 (+ "/") on macOS;
+# Qt's semaphore for it is the file "sem.KEY" in /dev/shm on Linux, so 251 there.
+MAX_KEY_BYTES = 30 if sys.platform == "darwin" else 251
 
 
 def key_problem(key):
@@ -155,13 +164,30 @@ def parse_command_line(usage, flags=(), most_operands=0):
     return key, options, operands
 
 
+def one_line(error):
+    """A failure as one plain line: an OSError without Python's "[Errno N]"."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    return str(error)
+
+
 def usage_error(message):
     """Exit 2 with one line on stderr that says what is wrong."""
     print(f"{os.path.basename(sys.argv[0])}: {message} (see --help)", file=sys.stderr)
     sys.exit(2)
 
 
-# --- The segment ---------------------------------------------------------------------------
+# --- The two kinds of segment ----------------------------------------------------------------
+#
+# Qt names a segment in one of two ways, and each way has its own kind of lock:
+#   Posix    QSharedMemory(QSharedMemory::platformSafeKey("KEY")), Qt 6.6 and later: the
+#            POSIX segment /KEY, locked with the POSIX named semaphore /KEY.
+#   SystemV  QSharedMemory("KEY") or setKey("KEY"), as the article and every Qt 5 program
+#            write it (a "legacy" key): a System V segment found through ftok() of a key
+#            file in the temporary directory, locked with a System V semaphore found the
+#            same way. The standard library reaches these through ctypes on the C library.
+# Both classes take the same steps: exists(), make(size), attach(), remove(), and
+# open_qt_lock() for the semaphore that Qt's lock() and unlock() use.
 
 if sys.version_info < (3, 13):
     # Up to 3.12, every SharedMemory, even one that only attaches, registers with the
@@ -174,44 +200,360 @@ else:
     _UNTRACKED = {"track": False}
 
 
-def create_segment(key, size):
-    """Create segment /key of size bytes, its memory reserved: FileExistsError if it exists."""
-    segment = SharedMemory(key, create=True, size=size, **_UNTRACKED)
-    if hasattr(os, "posix_fallocate"):
-        # A new segment is sparse: its pages are found only when first written, and a
-        # full /dev/shm then kills us with SIGBUS. Reserving them now turns that into an
-        # OSError (ENOSPC) we can report.
+class Posix:
+    """The POSIX segment /KEY (a file in /dev/shm on Linux), as Qt 6's platformSafeKey."""
+    tag = "posix"  # how the loader's logbook names this kind
+
+    def __init__(self, key):
+        self.key = key
+        self.name = "/" + key  # the segment's name, and the name of Qt's semaphore for it
+
+    def exists(self):
         try:
-            os.posix_fallocate(segment._fd, 0, size)
-        except OSError:
-            segment.close()
-            unlink_segment(key)
-            raise
-    return segment
+            self.attach().close()
+        except FileNotFoundError:
+            return False
+        except ValueError:  # a 0-byte segment exists, but cannot be mapped
+            pass
+        return True
+
+    def make(self, size):
+        """Create and map the segment: FileExistsError if it exists (shm_open + ftruncate)."""
+        segment = SharedMemory(self.key, create=True, size=size, **_UNTRACKED)
+        if hasattr(os, "posix_fallocate"):
+            # A new segment is sparse: its pages are found only when first written, and a
+            # full /dev/shm then kills us with SIGBUS. Reserving them now turns that into
+            # an OSError (ENOSPC) we can report.
+            try:
+                os.posix_fallocate(segment._fd, 0, size)
+            except OSError:
+                segment.close()
+                self.remove()
+                raise
+        return segment
+
+    def attach(self):
+        """Map the existing segment: FileNotFoundError if there is none."""
+        return SharedMemory(self.key, **_UNTRACKED)
+
+    def remove(self):
+        """Remove the name, if it is there; whoever mapped it keeps the memory until closing it.
+
+        SharedMemory.unlink() needs the segment mapped first, which fails for a 0-byte
+        segment left by a crash, and before 3.13 it calls the resource tracker.
+        """
+        try:
+            _posixshmem.shm_unlink(self.name)
+        except FileNotFoundError:
+            pass
+
+    def users(self):
+        """POSIX keeps no count of the processes that map a segment: None, "cannot tell"."""
+        return None
+
+    def open_qt_lock(self, create=False):
+        return PosixSemaphore(self.name, create)
+
+    def describe(self, size):
+        where = f" = /dev/shm/{self.key}" if sys.platform.startswith("linux") else ""
+        return [("segment", f"{self.name}{where}, {size} bytes")]
 
 
-def attach_segment(key):
-    """Map the existing segment /key: FileNotFoundError if there is none."""
-    return SharedMemory(key, **_UNTRACKED)
+# System V through ctypes: the C library's functions, as the article's Qt program calls them.
+SYSTEM_V_HERE = sys.platform.startswith("linux") and ctypes.sizeof(ctypes.c_void_p) == 8
+IPC_CREAT, IPC_EXCL, IPC_RMID, IPC_STAT = 0o1000, 0o2000, 0, 2
+SETVAL, SEM_UNDO, SHM_RDONLY = 16, 0x1000, 0o10000
+QT_FTOK_ID = ord("Q")  # Qt's ftok() project id: the IPC key reads 0x51...... in `ipcs`
+
+libc = ctypes.CDLL(None, use_errno=True)  # the C library this Python runs on
+libc.shmat.restype = libc.sem_open.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+libc.shmdt.argtypes = libc.sem_post.argtypes = libc.sem_close.argtypes = [ctypes.c_void_p]
+libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
+libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
 
 
-def segment_exists(key):
+class ShmidDs(ctypes.Structure):
+    """struct shmid_ds as 64-bit Linux lays it out (x86-64 and aarch64 alike)."""
+    _fields_ = [("ipc_key", ctypes.c_int32), ("uid", ctypes.c_uint32),
+                ("gid", ctypes.c_uint32), ("cuid", ctypes.c_uint32),
+                ("cgid", ctypes.c_uint32), ("mode", ctypes.c_uint32),
+                ("perm_rest", ctypes.c_byte * 24), ("segsz", ctypes.c_size_t),
+                ("times", ctypes.c_int64 * 3), ("cpid", ctypes.c_int32),
+                ("lpid", ctypes.c_int32), ("nattch", ctypes.c_uint64),
+                ("reserved", ctypes.c_uint64 * 2)]
+
+
+class Sembuf(ctypes.Structure):
+    _fields_ = [("num", ctypes.c_ushort), ("op", ctypes.c_short), ("flags", ctypes.c_short)]
+
+
+class Timespec(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+
+
+def c_call(result, name):
+    """Return result, or raise the C library's errno as an OSError (FileNotFoundError, ...)."""
+    if result == -1 or result is None:  # None: a NULL pointer, as sem_open fails
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), name)
+    return result
+
+
+def shm_status(shmid):
+    """shmctl(IPC_STAT): the segment's size, creator, number of attached processes..."""
+    status = ShmidDs()
+    c_call(libc.shmctl(shmid, IPC_STAT, ctypes.byref(status)), f"shmid {shmid}")
+    return status
+
+
+def qt_key_file(kind, key):
+    """Qt's key file for a legacy key: qipc_<kind>_<the key's letters><sha1 of the key>.
+
+    kind is "sharedmemory" for the segment and "systemsem" for its semaphore. Qt puts it
+    in QDir::tempPath(): $TMPDIR, else /tmp.
+    """
+    import hashlib  # only the System V kind needs it
+    letters = "".join(char for char in key if char.isascii() and char.isalpha())
+    digest = hashlib.sha1(key.encode()).hexdigest()
+    return os.path.join(os.path.normpath(os.environ.get("TMPDIR") or "/tmp"),
+                        f"qipc_{kind}_{letters}{digest}")
+
+
+def ipc_key(key_file, create):
+    """ftok(key_file, 'Q'): the number the kernel knows the segment or semaphore by.
+
+    ftok() reads the file's inode, so the file must exist: with create, make it as Qt
+    does (mode 0640, never truncating one that is there). Returns (ipc key, made the file).
+    """
+    made = False
+    if create:
+        try:
+            os.close(os.open(key_file, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o640))
+            made = True
+        except FileExistsError:
+            pass
+    return c_call(libc.ftok(os.fsencode(key_file), QT_FTOK_ID), key_file), made
+
+
+def remove_file(path):
     try:
-        attach_segment(key).close()
+        os.unlink(path)
     except FileNotFoundError:
+        pass
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
-    except ValueError:  # a 0-byte segment exists, but cannot be mapped
+    except PermissionError:  # alive, but another user's
         pass
     return True
 
 
-def unlink_segment(key):
-    """Remove the name /key. Processes that mapped it keep their memory until they close it.
+class SystemV:
+    """Qt's System V segment for the legacy key KEY: the article's QSharedMemory("KEY")."""
+    tag = "sysv"
 
-    SharedMemory.unlink() needs the segment mapped first, which fails for a 0-byte segment
-    left by a crash, and before 3.13 it calls the resource tracker; so call shm_unlink.
+    def __init__(self, key):
+        if not SYSTEM_V_HERE:
+            raise OSError("Qt's System V segments are supported on 64-bit Linux only")
+        self.key = key
+        self.name = f"{key} (System V)"
+        self.key_file = qt_key_file("sharedmemory", key)
+
+    def shmid(self, size=0, flags=0):
+        """shmget(): the id of the segment under our IPC key (FileNotFoundError if none)."""
+        return c_call(libc.shmget(ipc_key(self.key_file, create=flags & IPC_CREAT)[0],
+                                  size, flags), self.name)
+
+    def exists(self):
+        try:
+            self.shmid()
+        except FileNotFoundError:  # no key file, or no segment under its key
+            return False
+        return True
+
+    def make(self, size):
+        """Create and attach the segment, as Qt's create(): FileExistsError if it exists."""
+        return AttachedSegment(self.shmid(size, 0o600 | IPC_CREAT | IPC_EXCL), readonly=False)
+
+    def attach(self):
+        """Attach read-only to the existing segment: FileNotFoundError if there is none."""
+        return AttachedSegment(self.shmid(), readonly=True)
+
+    def remove(self):
+        """Remove the segment (IPC_RMID) and Qt's key file, as Qt's last detach() does.
+
+        The key is free at once; processes still attached keep their memory until they
+        detach, and then the kernel frees it.
+        """
+        try:
+            c_call(libc.shmctl(self.shmid(), IPC_RMID, None), self.name)
+        except FileNotFoundError:
+            pass
+        remove_file(self.key_file)
+
+    def users(self):
+        """How many processes are attached: 0 means nobody holds it (its maker died)."""
+        return shm_status(self.shmid()).nattch
+
+    def open_qt_lock(self, create=False):
+        return SystemVSemaphore(qt_key_file("systemsem", self.key), create)
+
+    def describe(self, size):
+        shmid = self.shmid()
+        status = shm_status(shmid)
+        maker = f"pid {status.cpid} ({'alive' if pid_alive(status.cpid) else 'gone'})"
+        return [("segment", f"{self.name}, {size} bytes: shmid {shmid}, IPC key "
+                            f"0x{status.ipc_key & 0xFFFF_FFFF:08x} (ipcs -m lists it)"),
+                ("key file", self.key_file),
+                ("attached", f"{status.nattch} processes, this one included; "
+                             f"made by {maker}")]
+
+
+class AttachedSegment:
+    """A System V segment mapped into this process with shmat(): .buf and .size, as
+    SharedMemory has, and close() to detach (shmdt)."""
+
+    def __init__(self, shmid, readonly):
+        address = libc.shmat(shmid, None, SHM_RDONLY if readonly else 0)
+        if address == ctypes.c_void_p(-1).value:
+            c_call(-1, f"shmat {shmid}")
+        self._address = address
+        self.size = shm_status(shmid).segsz  # the size, as Qt's attach() learns it
+        # A view of the mapped bytes, without a copy; close() releases it before shmdt().
+        memory = (ctypes.c_ubyte * self.size).from_address(address)
+        self.buf = memoryview(memory).cast("B")
+
+    def close(self):
+        if self._address is not None:
+            self.buf.release()
+            libc.shmdt(ctypes.c_void_p(self._address))
+            self._address = None
+
+
+def find_segment(key):
+    """The segment held under key: /KEY first, else Qt's System V one; None if neither."""
+    kinds = (Posix, SystemV) if SYSTEM_V_HERE else (Posix,)
+    return next((kind(key) for kind in kinds if kind(key).exists()), None)
+
+
+KINDS = {kind.tag: kind for kind in (Posix, SystemV)}
+
+
+# --- Qt's lock: the semaphores behind QSharedMemory::lock() and unlock() -----------------------
+#
+# Each waits in slices of a tenth of a second, so that the caller's give_up() can end a long
+# wait (a stop signal, say); acquire() returns False when it did. close() removes the
+# semaphore when this process made it, as Qt's own cleanup does.
+
+WAIT_SLICE = 0.1  # seconds
+
+
+class PosixSemaphore:
+    """Qt's lock for /KEY: the POSIX named semaphore /KEY (/dev/shm/sem.KEY on Linux).
+
+    A named semaphore has no undo: a process that dies holding it leaves it taken.
     """
-    _posixshmem.shm_unlink("/" + key)
+
+    def __init__(self, name, create):
+        # create is Qt's create(): a fresh semaphore, an old one unlinked to make way for
+        # it. Without create, open the one that is there: FileNotFoundError if none.
+        self.name, self.made = name, create
+        while True:
+            handle = libc.sem_open(name.encode(), os.O_CREAT | os.O_EXCL if create else 0,
+                                   ctypes.c_uint(0o600), ctypes.c_uint(1))
+            if handle or not create or ctypes.get_errno() != errno.EEXIST:
+                break
+            libc.sem_unlink(name.encode())
+        self.handle = c_call(handle, f"semaphore {name}")
+
+    def acquire(self, give_up):
+        while True:
+            if hasattr(libc, "sem_timedwait"):  # Linux; macOS has no timed wait
+                deadline = time.time() + WAIT_SLICE
+                until = Timespec(int(deadline), int(deadline % 1 * 1e9))
+                result = libc.sem_timedwait(ctypes.c_void_p(self.handle), ctypes.byref(until))
+            else:
+                result = libc.sem_trywait(ctypes.c_void_p(self.handle))
+                if result:
+                    time.sleep(WAIT_SLICE / 10)
+            if result == 0:
+                return True
+            if ctypes.get_errno() not in (errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR):
+                c_call(-1, f"semaphore {self.name}")
+            if give_up():
+                return False
+
+    def release(self):
+        c_call(libc.sem_post(self.handle), f"semaphore {self.name}")
+
+    def wake_waiters(self):
+        """Give back the lock that a dead holder left taken, for whoever waits on it."""
+        self.release()
+
+    def close(self):
+        libc.sem_close(self.handle)
+        if self.made:
+            libc.sem_unlink(self.name.encode())
+
+
+class SystemVSemaphore:
+    """Qt's lock for a legacy key: a set of one System V semaphore, keyed by ftok() of
+    Qt's key file qipc_systemsem_... It is taken with SEM_UNDO, so the kernel gives back
+    the lock of a process that dies holding it."""
+
+    def __init__(self, key_file, create):
+        # create is Qt's create(): make the set (and its key file) if it is not there, and
+        # remove it at the end even if another process made it. Without create, use the
+        # set that is there: FileNotFoundError if none.
+        self.key_file, self.made = key_file, create
+        self.semid = self.open(create)
+
+    def open(self, create):
+        key, _ = ipc_key(self.key_file, create)
+        semid = libc.semget(key, 1, 0o600 | IPC_CREAT | IPC_EXCL if create else 0)
+        if semid != -1 and create:  # a new set starts at 0: make it a free lock, as Qt does
+            c_call(libc.semctl(semid, 0, SETVAL, ctypes.c_int(1)), self.key_file)
+        elif semid == -1 and create and ctypes.get_errno() == errno.EEXIST:
+            # It is there already. Its value is right: SEM_UNDO gave back any dead
+            # holder's lock, and setting it to 1 could let two processes in at once.
+            semid = libc.semget(key, 1, 0o600)
+        return c_call(semid, f"semaphore {self.key_file}")
+
+    def change(self, delta, give_up=lambda: False):
+        operation = Sembuf(0, delta, SEM_UNDO)
+        while True:
+            result = libc.semtimedop(self.semid, ctypes.byref(operation), 1,
+                                     ctypes.byref(Timespec(0, int(WAIT_SLICE * 1e9))))
+            if result == 0:
+                return True
+            code = ctypes.get_errno()
+            if code in (errno.EIDRM, errno.EINVAL):
+                # Its maker removed it (a Qt program that quit): open it again by its key,
+                # making it if need be, as Qt does; then it is ours to remove.
+                self.semid, self.made = self.open(create=True), True
+            elif code not in (errno.EAGAIN, errno.EINTR):
+                c_call(-1, f"semaphore {self.key_file}")
+            elif give_up():
+                return False
+
+    def acquire(self, give_up):
+        return self.change(-1, give_up)
+
+    def release(self):
+        self.change(+1)
+
+    def wake_waiters(self):
+        """Nothing to do: SEM_UNDO already gave back a dead holder's lock."""
+
+    def close(self):
+        if self.made:
+            libc.semctl(self.semid, 0, IPC_RMID, ctypes.c_int(0))
+            remove_file(self.key_file)
 
 
 # --- The lock file -------------------------------------------------------------------------
@@ -271,17 +613,20 @@ def unlock(fd, which):
     fcntl.lockf(fd, fcntl.LOCK_UN, 1, which)
 
 
+Logbook = collections.namedtuple("Logbook", "pid state kind")
+
+
 def read_logbook(fd):
-    """Return (pid, state) from the lock file, or None if it is empty (no loader wrote it)."""
+    """Return the Logbook (pid, state, kind tag) in the lock file, or None if it is empty."""
     words = os.pread(fd, 64, 0).decode("ascii", "replace").split()
     if len(words) >= 2 and words[0].isdigit():
-        return int(words[0]), words[1]
+        return Logbook(int(words[0]), words[1], words[2] if len(words) > 2 else Posix.tag)
     return None
 
 
-def write_logbook(fd, state):
-    """Note "PID state" in the lock file; an empty state empties it."""
-    line = f"{os.getpid()} {state}\n".encode() if state else b""
+def write_logbook(fd, state, kind=None):
+    """Note "PID state kind" in the lock file; an empty state empties it."""
+    line = f"{os.getpid()} {state} {kind.tag}\n".encode() if state else b""
     os.pwrite(fd, line, 0)
     os.ftruncate(fd, len(line))
 

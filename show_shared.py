@@ -1,16 +1,19 @@
-#!/usr/bin/env python3
 """usage: show_shared.py [--key KEY] [--hex[=ROWS|=all]]
 
-ShowSharedMem in Python: print the text in the shared-memory segment /KEY that
-load_shared.py (or a Qt program) wrote, read as Qt's QDataStream reads it.
+ShowSharedMem in Python: print the text that load_shared.py (or a Qt program) holds under
+KEY, read as Qt's QDataStream reads it. It looks for the POSIX segment /KEY (Qt 6's
+QSharedMemory::platformSafeKey("KEY")) first, else for Qt's System V segment for KEY (the
+article's QSharedMemory("KEY"), and every Qt 5 program's).
 
   --key KEY      the segment's key (default: MySharedMemory)
-  --hex          instead of the text, show what is in the segment: its size, its owner,
-                 the byte count and the UTF-16 code units, 16 rows (--hex=ROWS for more,
-                 --hex=all for every row); also on a corrupt segment, to see what is wrong
+  --hex          instead of the text, show what is in the segment: which kind it is, its
+                 size, its owner, the byte count and the UTF-16 code units, 16 rows
+                 (--hex=ROWS for more, --hex=all for every row); also on a corrupt
+                 segment, to see what is wrong
   -h, --help     show this help
 
-The viewer only reads: it never removes a segment, whose lifetime belongs to the loader.
+The viewer only reads, under Qt's lock as well as ours: it never removes a segment, whose
+lifetime belongs to the loader.
 
 exit status: 0 shown, 1 nothing to show (nothing loaded, corrupt segment, ...), 2 bad usage
 """
@@ -18,14 +21,17 @@ exit status: 0 shown, 1 nothing to show (nothing loaded, corrupt segment, ...), 
 import signal
 
 # Ctrl-C, or a reader that stops reading (show_shared.py | head), ends us at once and
-# quietly, like any Unix filter: we hold nothing that the kernel does not release for us.
+# quietly, like any Unix filter: the kernel releases all we hold, but for Qt's lock (below).
 signal.signal(signal.SIGINT, signal.SIG_DFL)
 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
-import sys  # noqa: E402  (after the lines above, so that Ctrl-C is quiet while importing)
+import contextlib  # noqa: E402  (after the lines above, so that Ctrl-C is quiet while importing)
+import sys  # noqa: E402
 
 import shmcodec  # noqa: E402
 from shmcodec import DATA_LOCK  # noqa: E402
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 class Failure(Exception):
@@ -47,55 +53,102 @@ def main():
             show_bytes(key, 16 if hex_rows is True else None if hex_rows == "all" else
                        int(hex_rows))
     except (Failure, OSError) as failure:
-        print(f"show_shared.py: {failure}", file=sys.stderr)
+        print(f"show_shared.py: {shmcodec.one_line(failure)}", file=sys.stderr)
         return 1
     return 0
 
 
 def read_segment(key, read):
-    """Return read(the segment's memory, logbook, alive), run while attached and locked.
+    """Return read(kind, the segment's memory, logbook, alive), run attached and locked.
 
-    logbook is the last loader's (pid, state) or None, and alive tells if it still lives.
+    kind is the kind of segment found (shmcodec.Posix or shmcodec.SystemV); logbook is the
+    last loader's (pid, state, kind) or None, and alive tells if that loader still lives.
     This is the original's lock(), attach(), constData(), detach() and unlock().
     """
     lock_fd = shmcodec.open_lock_file(key)
     # Lock *before* attaching: a loader that replaces its text swaps in a new segment, and
     # the lock makes sure that we map the one that is whole, never one being written.
-    shmcodec.lock(lock_fd, DATA_LOCK, exclusive=False)  # sharedMem.lock()
+    shmcodec.lock(lock_fd, DATA_LOCK, exclusive=False)  # sharedMem.lock(), our half
     try:
         # The logbook names the last loader; its OWNER_LOCK tells if that loader lives.
         logbook = shmcodec.read_logbook(lock_fd)
         alive = logbook is not None and shmcodec.owner_alive(lock_fd)
-        try:
-            segment = shmcodec.attach_segment(key)  # sharedMem.attach()
-        except FileNotFoundError:
+        died_writing = logbook and not alive and logbook.state == "writing"
+        kind = shmcodec.find_segment(key)
+        if kind is None:
+            if died_writing:  # it may have died before its segment even existed
+                raise Failure(f"load_shared.py (pid {logbook.pid}) died while writing "
+                              f"under key {key!r}; there is no whole text to show")
             raise Failure(f"nothing loaded under key {key!r}: "
-                          "run load_shared.py first (Enter a text first)") from None
-        except ValueError:  # a 0-byte segment cannot be mapped: read it as no bytes
-            return read(b"", logbook, alive)
-        try:
-            return read(segment.buf, logbook, alive)
-        finally:
-            segment.close()  # sharedMem.detach(): unmap, and leave the segment alone
+                          "run load_shared.py first (Enter a text first)")
+        if logbook and logbook.kind != kind.tag:
+            logbook = died_writing = None  # it speaks of the other kind of segment
+        # A loader that died while writing died holding Qt's lock: do not wait for it.
+        with qt_lock_held(kind, skip=died_writing):
+            try:
+                segment = kind.attach()  # sharedMem.attach()
+            except FileNotFoundError:  # a Qt program removed it meanwhile
+                raise Failure(f"nothing loaded under key {key!r}: "
+                              "run load_shared.py first (Enter a text first)") from None
+            except ValueError:  # a 0-byte segment cannot be mapped: read it as no bytes
+                return read(kind, b"", logbook, alive)
+            try:
+                return read(kind, segment.buf, logbook, alive)
+            finally:
+                segment.close()  # sharedMem.detach(): unmap, and leave the segment alone
     finally:
         shmcodec.unlock(lock_fd, DATA_LOCK)  # sharedMem.unlock()
 
 
+@contextlib.contextmanager
+def qt_lock_held(kind, skip):
+    """sharedMem.lock(), Qt's half: hold the semaphore that a Qt program's lock() takes.
+
+    If there is none, no Qt program holds one: go on without. While we hold it, a stop
+    signal waits, since a POSIX semaphore has no undo and one left taken by a dead process
+    would block Qt for ever; a stop that comes while we wait for it ends us at once.
+    """
+    try:
+        qt_lock = None if skip else kind.open_qt_lock()
+    except FileNotFoundError:
+        qt_lock = None
+    if qt_lock is None:
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        qt_lock.acquire(give_up=end_if_stopped)
+        try:
+            yield
+        finally:
+            qt_lock.release()  # sharedMem.unlock(), Qt's half
+    finally:
+        qt_lock.close()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a stop that came ends us
+
+
+def end_if_stopped():
+    """While we wait for Qt's lock: if a stop signal came, let it end us now."""
+    if signal.sigpending() & STOP_SIGNALS:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # delivered at once
+    return False
+
+
 def read_text(key):
-    def decode(buffer, logbook, alive):
+    def decode(kind, buffer, logbook, alive):
         dead_loader = logbook if logbook and not alive else None
-        if dead_loader and dead_loader[1] != "loaded":  # its logbook still says "writing"
-            raise Failure(f"load_shared.py (pid {dead_loader[0]}) died while writing "
-                          f"/{key}; there is no whole text to show")
+        if dead_loader and dead_loader.state != "loaded":  # its logbook says "writing"
+            raise Failure(f"load_shared.py (pid {dead_loader.pid}) died while writing "
+                          f"{kind.name}; there is no whole text to show")
         try:
             return shmcodec.decode_qstring(buffer), dead_loader  # QDataStream >> text
         except shmcodec.QStringFormatError as error:
-            raise Failure(f"segment /{key} ({len(buffer)} bytes) holds no QString: "
+            raise Failure(f"segment {kind.name} ({len(buffer)} bytes) holds no QString: "
                           f"{error}") from None
 
     text, dead_loader = read_segment(key, decode)
     if dead_loader:
-        print(f"show_shared.py: note: load_shared.py (pid {dead_loader[0]}), which loaded "
+        print(f"show_shared.py: note: load_shared.py (pid {dead_loader.pid}), which loaded "
               "this text, is gone; the next load_shared.py replaces it", file=sys.stderr)
     return text
 
@@ -107,31 +160,31 @@ ROW = 16  # bytes a row: 8 UTF-16 code units
 
 def show_bytes(key, rows):
     """Print what is in the segment; raise Failure if it holds no whole QString."""
-    def copy(buffer, logbook, alive):  # copy what we show, and check it, under the lock
+    def copy(kind, buffer, logbook, alive):  # copy what we show, and check it, under the lock
         try:
             span, problem = shmcodec.qstring_span(buffer) or (4, 4), None  # null: no units
         except shmcodec.QStringFormatError as error:
             span, problem = None, str(error)
         shown = len(buffer) if rows is None else 12 + rows * ROW
-        return bytes(buffer[:shown]), len(buffer), span, problem, logbook, alive
+        return (kind, kind.describe(len(buffer)), bytes(buffer[:shown]), len(buffer), span,
+                problem, logbook, alive)
 
-    data, size, span, problem, logbook, alive = read_segment(key, copy)
-    where = f" = /dev/shm/{key}" if sys.platform.startswith("linux") else ""
-    print(f"segment    /{key}{where}, {size} bytes")
-    print(f"lock file  {shmcodec.lock_path(key)}")
+    kind, details, data, size, span, problem, logbook, alive = read_segment(key, copy)
+    details.append(("lock file", shmcodec.lock_path(key)))
     if logbook and alive:
-        owner = f"load_shared.py pid {logbook[0]}, alive"
+        owner = f"load_shared.py pid {logbook.pid}, alive"
     elif logbook:
-        owner = f"load_shared.py pid {logbook[0]}, gone (it died; the segment is stale)"
-        if logbook[1] != "loaded":
-            problem = problem or f"load_shared.py (pid {logbook[0]}) died while writing"
+        owner = f"load_shared.py pid {logbook.pid}, gone (it died; the segment is stale)"
+        if logbook.state != "loaded":
+            problem = problem or f"load_shared.py (pid {logbook.pid}) died while writing"
     else:
         owner = "no load_shared.py: another program (a Qt one?) made it"
-    print(f"owner      {owner}")
-    print(f"count      {explain_count(data)}")
+    details += [("owner", owner), ("count", explain_count(data))]
+    for label, value in details:
+        print(f"{label:<10} {value}")
     if problem:  # the count cannot be trusted: show every byte, and no characters
         print_rows(data, 0, size, rows, characters=False)
-        raise Failure(f"segment /{key} holds no whole QString: {problem}")
+        raise Failure(f"segment {kind.name} holds no whole QString: {problem}")
     print_rows(data, *span, rows, characters=True)
     if size > span[1]:
         print(f"{size - span[1]} bytes after the text, which a reader ignores")
