@@ -363,6 +363,7 @@ class SystemV:
         self.key = key
         self.name = f"{key} (System V)"
         self.key_file = qt_key_file("sharedmemory", key)
+        self.lock_key_file = qt_key_file("systemsem", key)
 
     def shmid(self, size=0, flags=0):
         """shmget(): the id of the segment under our IPC key (FileNotFoundError if none)."""
@@ -401,7 +402,7 @@ class SystemV:
         return shm_status(self.shmid()).nattch
 
     def open_qt_lock(self, create=False):
-        return SystemVSemaphore(qt_key_file("systemsem", self.key), create)
+        return SystemVSemaphore(self.lock_key_file, create)
 
     def describe(self, size):
         shmid = self.shmid()

@@ -7,6 +7,7 @@ file), and removes its segment, lock file and processes even when it fails.
 """
 
 import importlib.util
+import json
 import os
 import random
 import re
@@ -150,6 +151,7 @@ class ProcessTestCase(unittest.TestCase):
         self.tmpdir = tempfile.mkdtemp(prefix="test_roundtrip-")
         self.env = dict(os.environ, TMPDIR=self.tmpdir, PYTHONWARNINGS="default")
         self.processes = []
+        self.system_v_before = system_v_objects()
         self.addCleanup(self.clean_up)
 
     def clean_up(self):
@@ -160,8 +162,49 @@ class ProcessTestCase(unittest.TestCase):
             for stream in (process.stdin, process.stdout, process.stderr):
                 if stream:
                     stream.close()
+        # A killed loader (or Qt program) leaves its segment and Qt's semaphore behind.
         self.unlink_segment()
+        shmcodec.libc.sem_unlink(f"/{self.key}".encode())
+        for table, ident in self.system_v_left():
+            remove_system_v(table, ident)
         shutil.rmtree(self.tmpdir)
+
+    def system_v_left(self):
+        """System V segments and semaphore sets made since the test began."""
+        return system_v_objects() - self.system_v_before
+
+    def assert_nothing_left(self):
+        """No segment, no semaphore, no Qt key file: what a clean exit must leave."""
+        self.assertFalse(self.segment_exists())
+        self.assertFalse(os.path.exists(f"/dev/shm/sem.{self.key}"))
+        self.assertEqual(self.system_v_left(), set())
+        self.assertEqual([name for name in os.listdir(self.tmpdir) if name.startswith("qipc_")],
+                         [])
+
+    @property
+    def lock_path(self):  # as the scripts see it, with our TMPDIR
+        return os.path.join(self.tmpdir, os.path.basename(shmcodec.lock_path(self.key)))
+
+    def logbook(self):
+        try:
+            with open(self.lock_path) as lock_file:
+                return lock_file.read()
+        except FileNotFoundError:
+            return ""
+
+    def kill_while_writing(self, *args):
+        """Start a loader of 64 MiB and SIGKILL it while it writes (holding both locks)."""
+        with tempfile.TemporaryFile() as source:
+            source.write(b"x" * (64 << 20))
+            source.seek(0)
+            loader = self.start(*args, "-", stdin=source)
+        deadline = time.monotonic() + TIMEOUT
+        while " writing " not in self.logbook() and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        loader.kill()  # before or after its segment exists: the viewer must say the same
+        loader.wait()
+        self.assertIn(" writing ", self.logbook(), "the kill came too late")
+        return loader
 
     @property
     def segment_path(self):
@@ -197,7 +240,7 @@ class ProcessTestCase(unittest.TestCase):
     def start_loader(self, *args, **kwargs):
         """Start load_shared.py and wait until it has loaded its text."""
         loader = self.start(*args, **kwargs)
-        self.assertRegex(self.wait_line(loader), r"^Loaded \d+ bytes into /")
+        self.assertRegex(self.wait_line(loader), r"^Loaded \d+ bytes into ")
         return loader
 
     def finish(self, process, timeout=TIMEOUT):
@@ -379,10 +422,6 @@ class RoundTripTest(ProcessTestCase):
 class FaultTest(ProcessTestCase):
     """Crashes, races and hostile input: nothing lost, nothing stuck, never a traceback."""
 
-    @property
-    def lock_path(self):  # as the scripts see it, with our TMPDIR
-        return os.path.join(self.tmpdir, os.path.basename(shmcodec.lock_path(self.key)))
-
     def segment_bytes(self):
         with open(self.segment_path, "rb") as segment:
             return segment.read()
@@ -405,31 +444,36 @@ class FaultTest(ProcessTestCase):
         self.assertFalse(self.segment_exists())
 
     def test_sigkill_while_writing_shows_no_half_text(self):
-        with tempfile.TemporaryFile() as source:
-            source.write(b"x" * (64 << 20))
-            source.seek(0)
-            loader = self.start("-", stdin=source)
-        deadline = time.monotonic() + TIMEOUT
-        while " writing " not in self.logbook() and time.monotonic() < deadline:
-            time.sleep(0.0005)
-        loader.kill()  # before or after its segment exists: the viewer must say the same
-        loader.wait()
-        self.assertIn(" writing ", self.logbook(), "the kill came too late")
-        status, out, err = self.show()
-        self.assertEqual((status, out), (1, b""))
-        self.assert_one_line(err, "died while writing")
-        second = self.start_loader("whole")
-        self.assert_shows("whole")
-        second.send_signal(signal.SIGINT)
-        self.assertEqual(self.finish(second)[0], 0)
-        self.assertFalse(self.segment_exists())
+        for sysv in ((), ("--sysv",)):
+            with self.subTest(sysv=sysv):
+                self.kill_while_writing(*sysv)
+                status, out, err = self.show()  # at once: it does not wait for Qt's lock
+                self.assertEqual((status, out), (1, b""))
+                self.assert_one_line(err, "died while writing")
+                second = self.start_loader(*sysv, "whole")
+                self.assert_shows("whole")
+                second.send_signal(signal.SIGINT)
+                self.assertEqual(self.finish(second)[0], 0)
+                self.assert_nothing_left()
 
-    def logbook(self):
-        try:
-            with open(self.lock_path) as lock_file:
-                return lock_file.read()
-        except FileNotFoundError:
-            return ""
+    def test_semaphore_of_a_loader_killed_while_writing_is_given_back(self):
+        # A POSIX semaphore has no undo: the dead loader left Qt's lock taken. Whoever
+        # waits on it (a Qt program) is let go by the next loader, which then makes a
+        # fresh one, as Qt's create() does.
+        self.kill_while_writing()
+        stuck = shmcodec.Posix(self.key).open_qt_lock()
+        self.addCleanup(stuck.close)
+        waiter = threading.Thread(target=stuck.acquire, args=(lambda: False,))
+        waiter.start()
+        waiter.join(1)
+        self.assertTrue(waiter.is_alive(), "the dead loader's lock was free")
+        second = self.start_loader("next")
+        waiter.join(TIMEOUT)
+        self.assertFalse(waiter.is_alive(), "the waiter was not let go")
+        self.assert_shows("next")
+        second.terminate()
+        self.assertEqual(self.finish(second)[0], 0)
+        self.assert_nothing_left()
 
     def test_foreign_segment_is_never_destroyed_silently(self):
         qt_bytes = bytes.fromhex(QT_BYTES["hello"])
@@ -652,8 +696,9 @@ class FaultTest(ProcessTestCase):
             delay, signum = rng.uniform(0, 0.3), rng.choice(
                 [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
             with self.subTest(round=round_, delay=delay, signal=signum):
+                sysv = ("--sysv",) if round_ % 4 >= 2 else ()
                 args = ("now",) if round_ % 2 else ()
-                loader = self.start(*args, stdin=subprocess.PIPE)
+                loader = self.start(*sysv, *args, stdin=subprocess.PIPE)
                 if not args:
                     loader.stdin.write(b"now\n")
                     loader.stdin.flush()
@@ -667,7 +712,7 @@ class FaultTest(ProcessTestCase):
                     self.assertIn(status, (0, -signum))  # -signum: before owning anything
                 status, out, err = self.finish(viewer)
                 self.assert_no_traceback_of_ours(err)
-                self.assertFalse(self.segment_exists())
+                self.assert_nothing_left()
 
     def assert_no_traceback_of_ours(self, err):
         """Until a script's line that makes Ctrl-C quiet has run, Python's own handler
@@ -748,73 +793,339 @@ class HexViewTest(ProcessTestCase):
         self.assertIn(f"pid {loader.pid}, gone", out.decode())
 
 
-# Run by QtTest in a subprocess (QSharedMemory's lifetime is the process's): a Qt 6 program
-# that writes argv[2] under key argv[1], or, with no argv[2], reads and prints ascii(text).
-QT_PEER = """
-import sys
-from PySide6.QtCore import QByteArray, QDataStream, QIODevice, QSharedMemory
-memory = QSharedMemory(QSharedMemory.platformSafeKey(sys.argv[1]))
-if len(sys.argv) > 2:
-    data = QByteArray()
-    QDataStream(data, QIODevice.WriteOnly).writeQString(sys.argv[2])
-    if not memory.create(data.size()):
-        sys.exit(memory.errorString())
-    memory.lock()
-    memory.data()[:data.size()] = bytes(data)
-    memory.unlock()
-    print("ready", flush=True)
-    sys.stdin.read()  # hold the segment until the test closes our stdin
-else:
-    if not memory.attach(QSharedMemory.AccessMode.ReadOnly):
-        sys.exit(memory.errorString())
-    memory.lock()
-    data = QByteArray(bytes(memory.constData()[:memory.size()]))
-    memory.unlock()
-    memory.detach()
-    print(ascii(QDataStream(data, QIODevice.ReadOnly).readQString()))
-"""
-
-
-@unittest.skipIf(importlib.util.find_spec("PySide6") is None,
-                 "PySide6 is not installed; see README: Proof against Qt")
-class QtTest(ProcessTestCase):
-    """Our bytes are Qt's bytes: checked against a real Qt 6 (PySide6)."""
+class SystemVTest(ProcessTestCase):
+    """load_shared.py --sysv: Qt's System V segment for a legacy key, as the article's
+    programs make it; show_shared.py finds it with no option."""
 
     def setUp(self):
         super().setUp()
-        self.addCleanup(self.remove_qt_semaphore)
+        if not shmcodec.SYSTEM_V_HERE:
+            self.skipTest("System V segments are used on 64-bit Linux only")
 
-    def remove_qt_semaphore(self):
-        semaphore = f"/dev/shm/sem.{self.key}"  # Qt's lock, should Qt leave it behind
-        if os.path.exists(semaphore):
-            os.unlink(semaphore)
+    def system_v(self):
+        return shmcodec_in(self.tmpdir, lambda: shmcodec.SystemV(self.key))
 
-    def test_qt_writes_we_show(self):
-        for text in ("hello from Qt", "Grüße 😀", "two\nlines", ""):
+    def test_key_files_are_qts(self):
+        # Read off Qt 5.15 and Qt 6.12 (../shared/reference/qt-facts.md).
+        digest = "359614dc2e9ec6b4d6d9e8847d0c47fef28f14df"
+        for tmpdir, where in ((None, "/tmp"), ("/var/tmp/", "/var/tmp")):
+            with self.subTest(TMPDIR=tmpdir):
+                names = shmcodec_in(tmpdir, lambda: (
+                    shmcodec.qt_key_file("sharedmemory", "MySharedMemory"),
+                    shmcodec.qt_key_file("systemsem", "MySharedMemory")))
+                self.assertEqual(names, (f"{where}/qipc_sharedmemory_MySharedMemory{digest}",
+                                         f"{where}/qipc_systemsem_MySharedMemory{digest}"))
+        self.assertRegex(shmcodec.qt_key_file("sharedmemory", "a-b_1"), r"/qipc_sharedmemory_ab[0-9a-f]{40}$")
+
+    def test_round_trip_and_nothing_left(self):
+        for text in ("hello", "Grüße 😀", "two\nlines", ""):
             with self.subTest(text=text):
-                writer = subprocess.Popen([sys.executable, "-c", QT_PEER, self.key, text],
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, env=self.env)
-                self.processes.append(writer)
-                self.assertEqual(self.wait_line(writer), "ready\n")
+                loader = self.start_loader("--sysv", text)
                 self.assert_shows(text)
-                writer.stdin.close()
-                self.assertEqual(self.finish(writer)[0], 0)
-                self.unlink_segment()  # Qt 6 never removes a POSIX segment (qt-facts.md)
-
-    def test_we_load_qt_reads(self):
-        for text in ("hello from Python", "Grüße 😀", "two\nlines", ""):
-            with self.subTest(text=text):
-                loader = self.start_loader(text)
-                reader = subprocess.run([sys.executable, "-c", QT_PEER, self.key],
-                                        capture_output=True, env=self.env, timeout=TIMEOUT)
-                self.assertEqual(reader.returncode, 0, reader.stderr)
-                self.assertEqual(reader.stdout.decode(), ascii(text) + "\n")
+                status = shmcodec.shm_status(self.system_v().shmid())
+                self.assertEqual((status.nattch, status.mode & 0o777, status.cpid),
+                                 (1, 0o600, loader.pid))  # the loader stays attached
+                self.assertEqual(os.stat(self.system_v().key_file).st_mode & 0o777, 0o640)
                 loader.terminate()
                 self.assertEqual(self.finish(loader)[0], 0)
+                self.assert_nothing_left()
+
+    def test_lines_replace_the_text(self):
+        loader = self.start("--sysv", stdin=subprocess.PIPE)
+        for text in ("first", "a longer second text", ""):
+            loader.stdin.write(text.encode() + b"\n")
+            loader.stdin.flush()
+            self.assertEqual(self.wait_line(loader),
+                             f"Loaded {4 + 2 * len(text)} bytes into {self.key} (System V)\n")
+            self.assert_shows(text)
+        loader.stdin.close()
+        self.assertEqual(self.finish(loader)[0], 0)
+        self.assert_nothing_left()
+
+    def test_hex_says_where_to_find_it(self):
+        loader = self.start_loader("--sysv", "hi")
+        shmid = self.system_v().shmid()
+        status, out, err = self.show("--hex")
+        self.assertEqual((status, err), (0, ""))
+        lines = out.decode().splitlines()
+        ipc_key = shmcodec.shm_status(shmid).ipc_key
+        self.assertEqual(lines[0], f"segment    {self.key} (System V), 8 bytes: shmid {shmid}, "
+                                   f"IPC key 0x{ipc_key:08x} (ipcs -m lists it)")
+        self.assertTrue(lines[0].split("IPC key 0x")[1].startswith("51"))  # ftok(file, 'Q')
+        self.assertEqual(lines[1], f"key file   {self.system_v().key_file}")
+        self.assertEqual(lines[2], "attached   2 processes, this one included; "
+                                   f"made by pid {loader.pid} (alive)")
+        self.assertIn(f"load_shared.py pid {loader.pid}, alive", lines[4])
+        self.assertEqual(lines[-1], "00000004  0068 0069                                hi")
+
+    def test_sigkill_leaves_an_orphan_the_next_loader_replaces(self):
+        loader = self.start_loader("--sysv", "survivor")
+        loader.kill()
+        loader.wait()
+        self.assertEqual(self.system_v().users(), 0)  # an orphan: nobody attached
+        status, out, err = self.show()
+        self.assertEqual((status, out), (0, b"survivor\n"))
+        self.assert_one_line(err, "gone", f"pid {loader.pid}")
+        second = self.start_loader("--sysv", "next")
+        self.assertIn(f"left behind by load_shared.py (pid {loader.pid})",
+                      second.stderr.readline().decode())
+        self.assert_shows("next")
+        second.send_signal(signal.SIGHUP)
+        self.assertEqual(self.finish(second)[0], 0)
+        self.assert_nothing_left()
+
+    def test_one_loader_per_key_whatever_the_kind(self):
+        first = self.start_loader("first")
+        status, out, err = self.run_script("--sysv", "second", script=LOADER)
+        self.assertEqual(status, 1)
+        self.assert_one_line(err, "another load_shared.py", f"pid {first.pid}")
+        first.terminate()
+        self.finish(first)
+        first = self.start_loader("--sysv", "first")
+        status, out, err = self.run_script("second", script=LOADER)
+        self.assertEqual(status, 1)
+        self.assert_one_line(err, "another load_shared.py", f"pid {first.pid}")
+
+    def test_segment_in_use_is_refused_unless_replace(self):
+        system_v = self.system_v()
+        theirs = system_v.make(64)  # held by this test process, as by a live Qt program
+        self.addCleanup(theirs.close)
+        theirs.buf[:16] = shmcodec.encode_qstring("theirs")
+        self.assert_shows("theirs")
+        status, out, err = self.run_script("--sysv", "mine", script=LOADER)
+        self.assertEqual((status, out), (1, b""))
+        self.assert_one_line(err, f"{self.key} (System V)", "1 processes are attached",
+                             "--replace")
+        loader = self.start_loader("--sysv", "--replace", "mine")
+        self.assertIn("taking over", loader.stderr.readline().decode())
+        self.assert_shows("mine")
+        self.assertEqual(bytes(theirs.buf[:16]), shmcodec.encode_qstring("theirs"))  # untouched
+        loader.terminate()
+        self.assertEqual(self.finish(loader)[0], 0)
+        theirs.close()  # the last one out: now the kernel frees it
+        self.assert_nothing_left()
+
+    def test_corrupt_segment_is_reported_and_left_alone(self):
+        system_v = self.system_v()
+        theirs = system_v.make(6)
+        theirs.buf[:6] = bytes.fromhex("000000070041")
+        theirs.close()
+        status, out, err = self.show()
+        self.assertEqual((status, out), (1, b""))
+        self.assert_one_line(err, "odd byte count 7", "(System V)")
+        status, out, err = self.show("--hex")
+        self.assertEqual(status, 1)
+        self.assertIn("00000000  0000 0007 0041", out.decode())
+        again = system_v.attach()
+        self.assertEqual(bytes(again.buf), bytes.fromhex("000000070041"))
+        again.close()
+
+
+# A Qt program for the tests, doing what the article's two programs do, in Qt 5 (PyQt5) or
+# Qt 6 (PySide6). It runs in a subprocess, under a Python that has the binding.
+QT_PEER = r'''"""A Qt program for the tests, doing what the article's programs do.
+
+usage: python - BINDING legacy|safe KEY write TEXT | read | lock | encode | decode
+"""
+import json
+import sys
+
+binding, key_kind, key, action = sys.argv[1:5]
+if binding == "PyQt5":
+    from PyQt5.QtCore import QByteArray, QDataStream, QIODevice, QSharedMemory
+else:
+    from PySide6.QtCore import QByteArray, QDataStream, QIODevice, QSharedMemory
+
+
+def qdatastream_bytes(text):
+    data = QByteArray()
+    QDataStream(data, QIODevice.WriteOnly).writeQString(text)
+    return data
+
+
+def qdatastream_text(data):
+    buffer = QByteArray(data)  # kept in a name: the stream reads from it
+    return QDataStream(buffer, QIODevice.ReadOnly).readQString()
+
+
+if action == "encode":  # texts (JSON) in, QDataStream bytes (hex) out
+    print(json.dumps([bytes(qdatastream_bytes(text)).hex() for text in json.load(sys.stdin)]))
+    sys.exit()
+if action == "decode":  # hex in, texts out
+    print(json.dumps([qdatastream_text(bytes.fromhex(h)) for h in json.load(sys.stdin)]))
+    sys.exit()
+
+if key_kind == "legacy":
+    memory = QSharedMemory()
+    memory.setKey(key)  # the article: sharedMem.setKey("MySharedMemory")
+else:
+    memory = QSharedMemory(QSharedMemory.platformSafeKey(key))
+
+if action == "write":  # SharedMemoryLoad: create, lock, memcpy, unlock; hold until EOF
+    data = qdatastream_bytes(sys.argv[5])
+    if not memory.create(data.size()):
+        sys.exit(memory.errorString())
+    memory.lock()
+    to = memory.data()
+    if binding == "PyQt5":
+        to.setsize(memory.size())
+    to[:data.size()] = bytes(data)
+    memory.unlock()
+    print("ready", flush=True)
+    sys.stdin.read()
+elif action == "read":  # ShowSharedMem: attach, lock, constData, unlock, detach
+    if not memory.attach():
+        sys.exit(memory.errorString())
+    memory.lock()
+    start = memory.constData()
+    data = start.asstring(memory.size()) if binding == "PyQt5" else bytes(start[:memory.size()])
+    memory.unlock()
+    memory.detach()
+    print(ascii(qdatastream_text(data)), flush=True)
+elif action == "lock":  # attach and hold lock() until a line comes on stdin
+    if not memory.attach():
+        sys.exit(memory.errorString())
+    if not memory.lock():
+        sys.exit(memory.errorString())
+    print("locked", flush=True)
+    sys.stdin.readline()
+    memory.unlock()
+    memory.detach()
+del memory  # Qt's destructor: detach, and remove the semaphore if this process made it
+'''
+
+
+def python_with(binding, variable):
+    """A Python that can import binding: $variable (as .ci/run sets it), or this one."""
+    python = os.environ.get(variable)
+    if python:
+        return python
+    return sys.executable if importlib.util.find_spec(binding) else None
+
+
+class QtPeerTests:
+    """Our scripts and real Qt programs, both ways, with Qt's lock shared.
+
+    Skipped where no Python with the binding is found, unless QT_TESTS_REQUIRED is set
+    (as in CI): then that is a failure, so that CI never passes without Qt.
+    """
+    binding = python = None
+    key_kinds = ("legacy",)  # "legacy": the article's setKey(); "safe": platformSafeKey()
+
+    def setUp(self):
+        super().setUp()
+        if not self.python:
+            if os.environ.get("QT_TESTS_REQUIRED"):
+                self.fail(f"QT_TESTS_REQUIRED is set, but there is no Python with {self.binding}")
+            self.skipTest(f"no Python with {self.binding}; see README: Proof against real Qt")
+
+    def qt(self, key_kind, action, *args, stdin=subprocess.DEVNULL):
+        """Start the Qt peer in the background."""
+        process = subprocess.Popen(
+            [self.python, "-c", QT_PEER, self.binding, key_kind, self.key, action, *args],
+            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
+        self.processes.append(process)
+        return process
+
+    def qt_reads(self, key_kind):
+        """What a Qt reader (ShowSharedMem) prints: ascii(text), or its error."""
+        status, out, err = self.finish(self.qt(key_kind, "read"))
+        self.assertEqual(status, 0, err)
+        return out.decode()
+
+    def load(self, key_kind, *args, **kwargs):
+        """Start load_shared.py for the kind of key, and wait until it has loaded."""
+        sysv = ("--sysv",) if key_kind == "legacy" else ()
+        if args:
+            return self.start_loader(*sysv, *args, **kwargs)
+        loader = self.start(*sysv, stdin=subprocess.PIPE)  # interactive: a text a line
+        loader.stdin.write(b"first\n")
+        loader.stdin.flush()
+        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        return loader
+
+    def kind(self, key_kind):
+        return shmcodec_in(self.tmpdir, lambda: shmcodec.SystemV(self.key)) \
+            if key_kind == "legacy" else shmcodec.Posix(self.key)
+
+    def still_running(self, process, seconds=1.0):
+        """True if process has neither exited nor printed a line within seconds."""
+        return not select.select([process.stdout], [], [], seconds)[0] and process.poll() is None
+
+    def test_qt_writes_we_show(self):
+        for key_kind in self.key_kinds:
+            for text in ("hello from Qt", "Grüße 😀", "two\nlines", ""):
+                with self.subTest(key_kind=key_kind, text=text):
+                    writer = self.qt(key_kind, "write", text, stdin=subprocess.PIPE)
+                    self.assertEqual(self.wait_line(writer), "ready\n")
+                    self.assert_shows(text)
+                    writer.stdin.close()
+                    self.assertEqual(self.finish(writer)[0], 0)
+                    if key_kind == "safe":  # Qt 6 never removes a POSIX segment (qt-facts.md)
+                        self.unlink_segment()
+                    self.assert_nothing_left()
+
+    def test_we_load_qt_reads(self):
+        for key_kind in self.key_kinds:
+            for text in ("hello from Python", "Grüße 😀", "two\nlines", ""):
+                with self.subTest(key_kind=key_kind, text=text):
+                    loader = self.load(key_kind, text)
+                    self.assertEqual(self.qt_reads(key_kind), ascii(text) + "\n")
+                    loader.terminate()
+                    self.assertEqual(self.finish(loader)[0], 0)
+                    self.assert_nothing_left()
+
+    def test_qt_lock_makes_our_viewer_and_loader_wait(self):
+        for key_kind in self.key_kinds:
+            with self.subTest(key_kind=key_kind):
+                loader = self.load(key_kind)
+                holder = self.qt(key_kind, "lock", stdin=subprocess.PIPE)
+                self.assertEqual(self.wait_line(holder), "locked\n")
+                viewer = self.start(script=VIEWER)
+                self.assertTrue(self.still_running(viewer), "the viewer did not wait")
+                loader.stdin.write(b"second\n")
+                loader.stdin.flush()
+                self.assertTrue(self.still_running(loader), "the loader did not wait")
+                holder.stdin.write(b"unlock\n")
+                holder.stdin.flush()
+                self.assertEqual(self.finish(viewer)[:2], (0, b"first\n"))
+                self.assertRegex(self.wait_line(loader), "^Loaded ")
+                self.assert_shows("second")
+                self.assertEqual(self.finish(holder)[0], 0)
+                loader.stdin.close()
+                self.assertEqual(self.finish(loader)[0], 0)
+                self.assert_nothing_left()
+
+    def test_our_lock_makes_qt_wait(self):
+        for key_kind in self.key_kinds:
+            with self.subTest(key_kind=key_kind):
+                loader = self.load(key_kind, "ours")
+                qt_lock = self.kind(key_kind).open_qt_lock()  # as show_shared.py opens it
+                self.assertTrue(qt_lock.acquire(give_up=lambda: False))
+                reader = self.qt(key_kind, "read")
+                self.assertTrue(self.still_running(reader), "Qt did not wait for our lock")
+                qt_lock.release()
+                qt_lock.close()
+                self.assertEqual(self.finish(reader)[:2], (0, b"'ours'\n"))
+                loader.terminate()
+                self.assertEqual(self.finish(loader)[0], 0)
+                self.assert_nothing_left()
+
+    def test_killed_qt_loader_leaves_an_orphan_we_replace(self):
+        writer = self.qt("legacy", "write", "orphan", stdin=subprocess.PIPE)
+        self.assertEqual(self.wait_line(writer), "ready\n")
+        writer.kill()
+        writer.wait()
+        self.assertEqual(self.kind("legacy").users(), 0)
+        self.assert_shows("orphan")  # the text is still there, and readable
+        loader = self.load("legacy", "replaced")
+        self.assertIn("nobody is attached", loader.stderr.readline().decode())
+        self.assertEqual(self.qt_reads("legacy"), "'replaced'\n")
+        loader.send_signal(signal.SIGINT)
+        self.assertEqual(self.finish(loader)[0], 0)
+        self.assert_nothing_left()
 
     def test_codec_bytes_are_qdatastream_bytes(self):
-        from PySide6.QtCore import QByteArray, QDataStream, QIODevice
         rng = random.Random(5)
         texts = [None, "", "\ud800", "a\udfffb"] + [
             "".join(chr(rng.choice([rng.randrange(0x20, 0x80), rng.randrange(0xE000, 0x10000),
@@ -822,15 +1133,67 @@ class QtTest(ProcessTestCase):
                                     rng.randrange(0x10000, 0x110000)]))
                     for _ in range(rng.randrange(1, 30)))
             for _ in range(300)]
-        for text in texts:
-            data = QByteArray()
-            QDataStream(data, QIODevice.WriteOnly).writeQString(text)
-            self.assertEqual(shmcodec.encode_qstring(text), bytes(data), ascii(text))
-            if any("\ud800" <= char <= "\udfff" for char in text or ""):
-                continue  # PySide6 cannot hand a lone surrogate back to Python
-            ours = QByteArray(shmcodec.encode_qstring(text))  # kept: the stream points into it
-            self.assertEqual(QDataStream(ours, QIODevice.ReadOnly).readQString(),
-                             text or "")  # PySide6 shows a null QString as ""
+        qt_bytes = self.qt_json("encode", texts)
+        for text, hex_bytes in zip(texts, qt_bytes, strict=True):
+            self.assertEqual(shmcodec.encode_qstring(text).hex(), hex_bytes, ascii(text))
+        # Qt reads our bytes back; a binding cannot hand a lone surrogate back to Python.
+        whole = [text for text in texts if not any("\ud800" <= c <= "\udfff" for c in text or "")]
+        read = self.qt_json("decode", [shmcodec.encode_qstring(text).hex() for text in whole])
+        self.assertEqual(read, [text or "" for text in whole])  # a null QString reads as ""
+
+    def qt_json(self, action, items):
+        result = subprocess.run([self.python, "-c", QT_PEER, self.binding, "-", "-", action],
+                                input=json.dumps(items).encode(), capture_output=True,
+                                timeout=TIMEOUT)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        return json.loads(result.stdout)
+
+
+def shmcodec_in(tmpdir, call):
+    """call(), with TMPDIR as the scripts under test see it (Qt's key files live there)."""
+    saved = os.environ.get("TMPDIR")
+    try:
+        os.environ.pop("TMPDIR", None) if tmpdir is None else os.environ.update(TMPDIR=tmpdir)
+        return call()
+    finally:
+        os.environ.pop("TMPDIR", None) if saved is None else os.environ.update(TMPDIR=saved)
+
+
+class Qt5Test(QtPeerTests, ProcessTestCase):
+    """Against Qt 5.15 (PyQt5), which knows only the legacy key: System V on Linux."""
+    binding, python = "PyQt5", python_with("PyQt5", "QT5_PYTHON")
+
+
+class Qt6Test(QtPeerTests, ProcessTestCase):
+    """Against Qt 6 (PySide6): the article's legacy key, and platformSafeKey."""
+    binding, python = "PySide6", python_with("PySide6", "QT6_PYTHON")
+    key_kinds = ("legacy", "safe")
+
+    def test_loader_killed_holding_qt_lock_blocks_qt_only_until_the_next_run(self):
+        self.kill_while_writing()
+        reader = self.qt("safe", "read")  # waits on the semaphore the dead loader held
+        self.assertTrue(self.still_running(reader), "Qt did not wait")
+        second = self.start_loader("next")
+        self.finish(reader)  # let go: it reads "next", or finds no segment yet
+        second.terminate()
+        self.assertEqual(self.finish(second)[0], 0)
+        self.assert_nothing_left()
+
+
+def system_v_objects():
+    """{(table, id)} of every System V segment ("shm") and semaphore set ("sem") (Linux)."""
+    found = set()
+    for table in ("shm", "sem"):
+        with open(f"/proc/sysvipc/{table}") as listing:
+            found |= {(table, int(line.split()[1])) for line in list(listing)[1:]}
+    return found
+
+
+def remove_system_v(table, ident):
+    if table == "shm":
+        shmcodec.libc.shmctl(ident, shmcodec.IPC_RMID, None)
+    else:
+        shmcodec.libc.semctl(ident, 0, shmcodec.IPC_RMID, 0)
 
 
 def children(pid):
