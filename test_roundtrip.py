@@ -27,6 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LOADER = os.path.join(HERE, "load_shared.py")
 VIEWER = os.path.join(HERE, "show_shared.py")
 TIMEOUT = 60  # seconds for any one step; generous, the machines are shared
+GETPID = 11  # semctl(): the pid of the last process that changed a System V semaphore
 
 # What Qt 6.12's QDataStream << QString writes (../shared/reference/qt-facts.md).
 QT_BYTES = {
@@ -150,8 +151,8 @@ class ProcessTestCase(unittest.TestCase):
         self.key = f"test_roundtrip-{os.getpid()}-{random.randrange(1 << 32):08x}"
         self.tmpdir = tempfile.mkdtemp(prefix="test_roundtrip-")
         self.env = dict(os.environ, TMPDIR=self.tmpdir, PYTHONWARNINGS="default")
-        self.processes = []
-        self.system_v_before = system_v_objects()
+        self.processes = []  # every process the test starts, so that it can clean up after it
+        self.system_v_before = set(system_v_objects())
         self.addCleanup(self.clean_up)
 
     def clean_up(self):
@@ -170,8 +171,13 @@ class ProcessTestCase(unittest.TestCase):
         shutil.rmtree(self.tmpdir)
 
     def system_v_left(self):
-        """System V segments and semaphore sets made since the test began."""
-        return system_v_objects() - self.system_v_before
+        """System V segments and semaphore sets made since the test began, by its processes.
+
+        Only those: the machine is shared, and other users' objects are none of ours.
+        """
+        ours = {process.pid for process in self.processes} | {os.getpid()}
+        return {(table, ident) for (table, ident), pids in system_v_objects().items()
+                if (table, ident) not in self.system_v_before and pids & ours}
 
     def assert_nothing_left(self):
         """No segment, no semaphore, no Qt key file: what a clean exit must leave."""
@@ -251,11 +257,11 @@ class ProcessTestCase(unittest.TestCase):
         return process.returncode, out, err.decode()
 
     def run_script(self, *args, script=VIEWER, key=None, input=None):
-        result = subprocess.run(
-            [sys.executable, script, "--key", self.key if key is None else key, *args],
-            input=input, stdin=None if input else subprocess.DEVNULL,
-            capture_output=True, env=self.env, cwd=HERE, timeout=TIMEOUT)
-        return result.returncode, result.stdout, result.stderr.decode()
+        """Run a script to its end: (exit status, stdout, stderr)."""
+        process = self.start(*args, script=script, key=key,
+                             stdin=subprocess.PIPE if input else subprocess.DEVNULL)
+        out, err = process.communicate(input, timeout=TIMEOUT)
+        return process.returncode, out, err.decode()
 
     def show(self, *args, **kwargs):
         return self.run_script(*args, script=VIEWER, **kwargs)
@@ -1181,11 +1187,17 @@ class Qt6Test(QtPeerTests, ProcessTestCase):
 
 
 def system_v_objects():
-    """{(table, id)} of every System V segment ("shm") and semaphore set ("sem") (Linux)."""
-    found = set()
-    for table in ("shm", "sem"):
-        with open(f"/proc/sysvipc/{table}") as listing:
-            found |= {(table, int(line.split()[1])) for line in list(listing)[1:]}
+    """{(table, id): pids} of the System V segments ("shm") and semaphore sets ("sem") on
+    this machine (Linux). pids: a segment's creator and last user, a set's last user."""
+    found = {}
+    with open("/proc/sysvipc/shm") as listing:
+        for line in list(listing)[1:]:  # key shmid perms size cpid lpid ...
+            fields = line.split()
+            found["shm", int(fields[1])] = {int(fields[4]), int(fields[5])}
+    with open("/proc/sysvipc/sem") as listing:
+        for line in list(listing)[1:]:  # key semid ...; GETPID: who last set or changed it
+            semid = int(line.split()[1])
+            found["sem", semid] = {shmcodec.libc.semctl(semid, 0, GETPID, 0)}
     return found
 
 
