@@ -97,10 +97,13 @@ def become_owner(lock_fd, kind, replace):
                     "(a program that made it was killed)")
             elif replace:
                 say(f"--replace: taking over {kind.name}")
+            elif users:
+                raise Failure(f"{kind.name} is held by {users} attached "
+                              f"process{'es' if users > 1 else ''} (a Qt program?); "
+                              "use --replace to take it over")
             else:
-                held = f"{users} processes are attached to it" if users else \
-                    "load_shared.py did not make it (a Qt program's?)"
-                raise Failure(f"{kind.name} exists and {held}; use --replace to take it over")
+                raise Failure(f"segment {kind.name} exists but load_shared.py did not make it "
+                              "(a Qt program's?); use --replace to take it over")
             kind.remove()
         shmcodec.write_logbook(lock_fd, "")  # a fresh start: no segment of ours yet
     finally:

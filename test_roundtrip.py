@@ -900,7 +900,7 @@ class SystemVTest(ProcessTestCase):
         self.assert_shows("theirs")
         status, out, err = self.run_script("--sysv", "mine", script=LOADER)
         self.assertEqual((status, out), (1, b""))
-        self.assert_one_line(err, f"{self.key} (System V)", "1 processes are attached",
+        self.assert_one_line(err, f"{self.key} (System V) is held by 1 attached process ",
                              "--replace")
         loader = self.start_loader("--sysv", "--replace", "mine")
         self.assertIn("taking over", loader.stderr.readline().decode())
@@ -1163,6 +1163,76 @@ def shmcodec_in(tmpdir, call):
         return call()
     finally:
         os.environ.pop("TMPDIR", None) if saved is None else os.environ.update(TMPDIR=saved)
+
+
+def readme_block(language):
+    """The first ```language block of README.md."""
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as readme:
+        return readme.read().split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+class ArticleTest(ProcessTestCase):
+    """The article's own calls, as C++ (article.cpp in the README), built against Debian's
+    Qt 5 and Qt 6, and our scripts, both ways. Skipped without g++, pkg-config and the Qt
+    development packages, unless QT_TESTS_REQUIRED is set."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.builds = tempfile.mkdtemp(prefix="test_roundtrip-article-")
+        source = os.path.join(cls.builds, "article.cpp")
+        # The article's key, made the test's own: a demo may be running on this machine.
+        cls.key = f"test_roundtrip-{os.getpid()}-article"
+        with open(source, "w", encoding="utf-8") as cpp:
+            cpp.write(readme_block("cpp").replace('"MySharedMemory"', f'"{cls.key}"'))
+        cls.programs = {}
+        for qt in ("Qt5Core", "Qt6Core"):
+            flags = subprocess.run(["pkg-config", "--cflags", "--libs", qt], capture_output=True,
+                                   text=True) if shutil.which("pkg-config") else None
+            if flags and flags.returncode == 0 and shutil.which("g++"):
+                cls.programs[qt] = os.path.join(cls.builds, qt)
+                subprocess.run(["g++", "-fPIC", source, "-o", cls.programs[qt],
+                                *flags.stdout.split()], check=True, timeout=600)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.builds)
+
+    def setUp(self):
+        super().setUp()
+        self.key = type(self).key
+
+    def article(self, qt, *args, stdin=subprocess.DEVNULL):
+        if qt not in self.programs:
+            if os.environ.get("QT_TESTS_REQUIRED"):
+                self.fail(f"QT_TESTS_REQUIRED is set, but article.cpp cannot be built with {qt}")
+            self.skipTest(f"needs g++, pkg-config and {qt} (Debian: qtbase5-dev, qt6-base-dev)")
+        process = subprocess.Popen([self.programs[qt], *args], stdin=stdin,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
+        self.processes.append(process)
+        return process
+
+    def both_ways(self, qt):
+        status, out, err = self.finish(self.article(qt, "show"))
+        self.assertEqual((status, out), (1, b"Enter a text first\n"))
+        loader = self.article(qt, "load", "Hello from the article 😀", stdin=subprocess.PIPE)
+        self.assertEqual(self.wait_line(loader), "Loaded; press Enter to quit\n")
+        self.assert_shows("Hello from the article 😀")
+        loader.stdin.write(b"\n")
+        loader.stdin.close()
+        self.assertEqual(self.finish(loader)[0], 0)
+        self.assert_nothing_left()
+        ours = self.start_loader("--sysv", "Hello from Python 😀")
+        status, out, err = self.finish(self.article(qt, "show"))
+        self.assertEqual((status, out.decode()), (0, "Hello from Python 😀\n"))
+        ours.terminate()
+        self.assertEqual(self.finish(ours)[0], 0)
+        self.assert_nothing_left()
+
+    def test_qt5(self):
+        self.both_ways("Qt5Core")
+
+    def test_qt6(self):
+        self.both_ways("Qt6Core")
 
 
 class Qt5Test(QtPeerTests, ProcessTestCase):
