@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """usage: load_shared.py [--key KEY] [--sysv] [--replace] [TEXT | -]
 
 SharedMemoryLoad in Python: load a text into a shared-memory segment under KEY, in the

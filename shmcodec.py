@@ -325,16 +325,14 @@ def ipc_key(key_file, create):
     """ftok(key_file, 'Q'): the number the kernel knows the segment or semaphore by.
 
     ftok() reads the file's inode, so the file must exist: with create, make it as Qt
-    does (mode 0640, never truncating one that is there). Returns (ipc key, made the file).
+    does (mode 0640, never truncating one that is there).
     """
-    made = False
     if create:
         try:
             os.close(os.open(key_file, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o640))
-            made = True
         except FileExistsError:
             pass
-    return c_call(libc.ftok(os.fsencode(key_file), QT_FTOK_ID), key_file), made
+    return c_call(libc.ftok(os.fsencode(key_file), QT_FTOK_ID), key_file)
 
 
 def remove_file(path):
@@ -368,7 +366,7 @@ class SystemV:
 
     def shmid(self, size=0, flags=0):
         """shmget(): the id of the segment under our IPC key (FileNotFoundError if none)."""
-        return c_call(libc.shmget(ipc_key(self.key_file, create=flags & IPC_CREAT)[0],
+        return c_call(libc.shmget(ipc_key(self.key_file, create=flags & IPC_CREAT),
                                   size, flags), self.name)
 
     def exists(self):
@@ -444,8 +442,11 @@ class AttachedSegment:
 
 def find_segment(key):
     """The segment held under key: /KEY first, else Qt's System V one; None if neither."""
-    kinds = (Posix, SystemV) if SYSTEM_V_HERE else (Posix,)
-    return next((kind(key) for kind in kinds if kind(key).exists()), None)
+    for kind in (Posix, SystemV) if SYSTEM_V_HERE else (Posix,):
+        found = kind(key)
+        if found.exists():
+            return found
+    return None
 
 
 KINDS = {kind.tag: kind for kind in (Posix, SystemV)}
@@ -470,7 +471,7 @@ class PosixSemaphore:
         # create is Qt's create(): a fresh semaphore, an old one unlinked to make way for
         # it. Without create, open the one that is there: FileNotFoundError if none.
         self.name, self.made = name, create
-        while True:
+        for _ in range(3):  # as Qt: another process may make one again in between
             handle = libc.sem_open(name.encode(), os.O_CREAT | os.O_EXCL if create else 0,
                                    ctypes.c_uint(0o600), ctypes.c_uint(1))
             if handle or not create or ctypes.get_errno() != errno.EEXIST:
@@ -521,7 +522,7 @@ class SystemVSemaphore:
         self.semid = self.open(create)
 
     def open(self, create):
-        key, _ = ipc_key(self.key_file, create)
+        key = ipc_key(self.key_file, create)
         semid = libc.semget(key, 1, 0o600 | IPC_CREAT | IPC_EXCL if create else 0)
         if semid != -1 and create:  # a new set starts at 0: make it a free lock, as Qt does
             c_call(libc.semctl(semid, 0, SETVAL, ctypes.c_int(1)), self.key_file)
@@ -539,6 +540,8 @@ class SystemVSemaphore:
             if result == 0:
                 return True
             code = ctypes.get_errno()
+            if code in (errno.EIDRM, errno.EINVAL) and delta > 0:
+                return True  # its maker removed it meanwhile: there is nothing to give back
             if code in (errno.EIDRM, errno.EINVAL):
                 # Its maker removed it (a Qt program that quit): open it again by its key,
                 # making it if need be, as Qt does; then it is ours to remove.

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """usage: show_shared.py [--key KEY] [--hex[=ROWS|=all]]
 
 ShowSharedMem in Python: print the text that load_shared.py (or a Qt program) holds under
@@ -79,8 +80,7 @@ def read_segment(key, read):
             if died_writing:  # it may have died before its segment even existed
                 raise Failure(f"load_shared.py (pid {logbook.pid}) died while writing "
                               f"under key {key!r}; there is no whole text to show")
-            raise Failure(f"nothing loaded under key {key!r}: "
-                          "run load_shared.py first (Enter a text first)")
+            raise nothing_loaded(key)
         if logbook and logbook.kind != kind.tag:
             logbook = died_writing = None  # it speaks of the other kind of segment
         # A loader that died while writing died holding Qt's lock: do not wait for it.
@@ -88,8 +88,7 @@ def read_segment(key, read):
             try:
                 segment = kind.attach()  # sharedMem.attach()
             except FileNotFoundError:  # a Qt program removed it meanwhile
-                raise Failure(f"nothing loaded under key {key!r}: "
-                              "run load_shared.py first (Enter a text first)") from None
+                raise nothing_loaded(key) from None
             except ValueError:  # a 0-byte segment cannot be mapped: read it as no bytes
                 return read(kind, b"", logbook, alive)
             try:
@@ -98,6 +97,11 @@ def read_segment(key, read):
                 segment.close()  # sharedMem.detach(): unmap, and leave the segment alone
     finally:
         shmcodec.unlock(lock_fd, DATA_LOCK)  # sharedMem.unlock()
+
+
+def nothing_loaded(key):
+    return Failure(f"nothing loaded under key {key!r}: "
+                   "run load_shared.py first (Enter a text first)")
 
 
 @contextlib.contextmanager
