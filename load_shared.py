@@ -13,6 +13,8 @@ bytes that Qt's QDataStream writes, for show_shared.py (or a Qt program) to read
                  Qt 5 program use (QSharedMemory("KEY")), instead of the POSIX segment /KEY
                  of Qt 6's QSharedMemory::platformSafeKey("KEY") (64-bit Linux only)
   --replace      take over a segment that load_shared.py did not make (a Qt program's)
+  --verbose      tell each step on stderr as it happens: the article's Qt call, and the
+                 system call that does it here
   -h, --help     show this help
 
 The loader owns the segment: it stays attached while it holds the text, and removes the
@@ -34,7 +36,7 @@ import select  # noqa: E402
 import sys  # noqa: E402
 
 import shmcodec  # noqa: E402
-from shmcodec import DATA_LOCK, OWNER_LOCK  # noqa: E402
+from shmcodec import DATA_LOCK, OWNER_LOCK, tell  # noqa: E402
 
 
 class Failure(Exception):
@@ -43,24 +45,24 @@ class Failure(Exception):
 
 def main():
     key, text, replace, kind = read_command_line()
-    lock_fd = qt_lock = segment = None
+    lock_file = qt_lock = segment = None
     try:
         if text == "-":
             text = read_stdin()  # before we own anything: a Ctrl-C here just ends us
         # 1. The key's lock file, which show_shared.py (and any other loader) opens too.
-        lock_fd = shmcodec.open_lock_file(key)
+        lock_file = shmcodec.LockFile(key)
         # 2. From here on, Ctrl-C and kill are noted, and acted on when we next wait.
         stop_fd = watch_stop_signals()
         # 3. Own the key: one loader at a time, and clear away what a crashed one left.
-        become_owner(lock_fd, kind, replace)
+        become_owner(lock_file, kind, replace)
         # 4. Qt's lock for this kind of segment, made afresh as Qt's create() makes it.
         qt_lock = kind.open_qt_lock(create=True)
         # 5. Load the text (each line typed replaces it), 6. and hold it until told to stop.
         if text is None:
             for line in lines_until_stopped(kind, stop_fd):
-                segment = load(lock_fd, qt_lock, kind, line, segment, stop_fd)
+                segment = load(lock_file, qt_lock, kind, line, segment, stop_fd)
         else:
-            segment = load(lock_fd, qt_lock, kind, text, segment, stop_fd)
+            segment = load(lock_file, qt_lock, kind, text, segment, stop_fd)
             say(f"holding {kind.name} until Ctrl-C, SIGTERM or SIGHUP")
             select.select([stop_fd], [], [])  # wait for a stop signal
     except (Failure, OSError) as failure:
@@ -68,19 +70,19 @@ def main():
         return 1
     finally:
         # 7. Release: remove our segment and Qt's lock, whichever way we leave.
-        if lock_fd is not None:
-            release(lock_fd, kind, segment, qt_lock)
+        if lock_file is not None:
+            release(lock_file, kind, segment, qt_lock)
     return 0
 
 
-def become_owner(lock_fd, kind, replace):
+def become_owner(lock_file, kind, replace):
     """Take the key's OWNER_LOCK for good, and clear away what a dead loader left."""
     # DATA_LOCK first: show_shared.py probes OWNER_LOCK only under DATA_LOCK, so a probe
     # can never make us believe another loader is alive.
-    shmcodec.lock(lock_fd, DATA_LOCK, exclusive=True)
+    lock_file.lock(DATA_LOCK, exclusive=True, step="own the key")
     try:
-        logbook = shmcodec.read_logbook(lock_fd)
-        if not shmcodec.lock(lock_fd, OWNER_LOCK, exclusive=True, wait=False):
+        logbook = lock_file.read_logbook()
+        if not lock_file.lock(OWNER_LOCK, exclusive=True, step="own the key", wait=False):
             pid = f" (pid {logbook.pid})" if logbook else ""
             raise Failure(f"another load_shared.py{pid} holds key {kind.key!r}; stop it first")
         if logbook:  # the OWNER_LOCK was free: the loader that wrote this is gone
@@ -106,9 +108,9 @@ def become_owner(lock_fd, kind, replace):
                 raise Failure(f"segment {kind.name} exists but load_shared.py did not make it "
                               "(a Qt program's?); use --replace to take it over")
             kind.remove()
-        shmcodec.write_logbook(lock_fd, "")  # a fresh start: no segment of ours yet
+        lock_file.write_logbook("")  # a fresh start: no segment of ours yet
     finally:
-        shmcodec.unlock(lock_fd, DATA_LOCK)
+        lock_file.unlock(DATA_LOCK, step="own the key")
 
 
 def wake_waiters_of(kind):
@@ -121,15 +123,16 @@ def wake_waiters_of(kind):
     stuck.close()
 
 
-def load(lock_fd, qt_lock, kind, text, old_segment, stop_fd):
+def load(lock_file, qt_lock, kind, text, old_segment, stop_fd):
     """Write text into a new segment, under both locks: QSharedMemory::create() + memcpy.
 
     Returns the new segment, which we stay attached to while we hold the text.
     """
     # Serialize before we lock, so that readers wait only for the copy.
-    prefix, payload = shmcodec.qstring_parts(text)  # QDataStream << text
+    prefix, payload = shmcodec.qstring_parts(text)
     size = len(prefix) + len(payload)
-    shmcodec.lock(lock_fd, DATA_LOCK, exclusive=True)  # sharedMem.lock(): ours first,
+    tell("QDataStream << text", f"{size} bytes: a {len(prefix)}-byte count, then UTF-16BE")
+    lock_file.lock(DATA_LOCK, exclusive=True, step="lock(), our half")  # ours first,
     try:
         if not qt_lock.acquire(give_up=lambda: stop_requested(stop_fd)):  # then Qt's
             raise Failure(f"stopped while waiting for Qt's lock on {kind.name}; "
@@ -137,42 +140,43 @@ def load(lock_fd, qt_lock, kind, text, old_segment, stop_fd):
         try:
             # The logbook says "writing" before the segment exists and "loaded" once it is
             # whole, so a crash at any point leaves a state that the next run can read.
-            shmcodec.write_logbook(lock_fd, "writing", kind)
+            lock_file.write_logbook("writing", kind)
             if old_segment:
-                # sharedMem.detach(): a segment has a fixed size, so a new text needs a
-                # new segment, and the old one goes.
-                old_segment.close()
+                # A segment has a fixed size, so a new text needs a new segment, and the
+                # old one goes.
+                kind.detach(old_segment)
                 kind.remove()
             try:
-                segment = kind.make(size)  # sharedMem.create(size), which attaches
+                segment = kind.make(size)  # which attaches, as Qt's create() does
             except FileExistsError:
                 raise Failure(f"{kind.name} was made meanwhile by another program") from None
             except OSError as error:
                 raise Failure(f"cannot make a {size}-byte segment {kind.name}: "
                               f"{error.strerror}") from None
-            segment.buf[:len(prefix)] = prefix  # memcpy(to, from, size)
+            segment.buf[:len(prefix)] = prefix
             segment.buf[len(prefix):size] = payload
-            shmcodec.write_logbook(lock_fd, "loaded", kind)
+            tell("memcpy(to, from, size)", f"{size} bytes into {kind.name}")
+            lock_file.write_logbook("loaded", kind)
         finally:
             qt_lock.release()
     finally:
-        shmcodec.unlock(lock_fd, DATA_LOCK)  # sharedMem.unlock()
+        lock_file.unlock(DATA_LOCK, step="unlock(), our half")
     report(f"Loaded {size} bytes into {kind.name}")
     return segment
 
 
-def release(lock_fd, kind, segment, qt_lock):
+def release(lock_file, kind, segment, qt_lock):
     """Detach; remove the segment if the logbook says it is ours; remove Qt's lock."""
-    shmcodec.lock(lock_fd, DATA_LOCK, exclusive=True)
+    lock_file.lock(DATA_LOCK, exclusive=True, step="release")
     if segment:
-        segment.close()
-    logbook = shmcodec.read_logbook(lock_fd)
+        kind.detach(segment)
+    logbook = lock_file.read_logbook()
     if logbook and logbook.pid == os.getpid():
         kind.remove()
-        shmcodec.write_logbook(lock_fd, "")
+        lock_file.write_logbook("")
     if qt_lock:
         qt_lock.close()  # its maker removes Qt's semaphore (and key file), as Qt does
-    shmcodec.unlock(lock_fd, DATA_LOCK)
+    lock_file.unlock(DATA_LOCK, step="release")
 
 
 def read_command_line():

@@ -133,10 +133,12 @@ def parse_command_line(usage, flags=(), most_operands=0):
     """Read sys.argv: return (key, options, operands). A small getopt for our small commands.
 
     argparse would do the same, but importing and setting it up costs more time than all
-    the rest that these scripts do. "--key KEY" (or --key=KEY) is understood by both
-    scripts; each name in flags is True when given, or its value when given as --NAME=VALUE.
+    the rest that these scripts do. "--key KEY" (or --key=KEY) and --verbose are understood
+    by both scripts; each name in flags is True when given, or its value when given as
+    --NAME=VALUE.
     -h/--help prints usage and exits 0; a bad command line exits 2.
     """
+    global verbose
     key, options, operands = DEFAULT_KEY, {}, []
     args = iter(sys.argv[1:])
     for arg in args:
@@ -146,6 +148,8 @@ def parse_command_line(usage, flags=(), most_operands=0):
             sys.exit(0)
         elif arg == "--":  # what follows is an operand, even if it starts with "-"
             operands.extend(args)
+        elif arg == "--verbose":
+            verbose = True
         elif name == "--key":
             key = value if equals else next(args, None)
             if key is None:
@@ -162,6 +166,36 @@ def parse_command_line(usage, flags=(), most_operands=0):
     if problem:
         usage_error(problem)
     return key, options, operands
+
+
+# --- Telling the story: --verbose, and waits --------------------------------------------
+
+PROGRAM = os.path.basename(sys.argv[0])
+verbose = False  # --verbose: tell() says each step of the dance as it happens
+
+
+def tell(step, how):
+    """With --verbose, one line on stderr: a step of the article's Qt program, and what
+    does it here. The steps are told where they happen, so the story is the code's own."""
+    if verbose:
+        print(f"{PROGRAM}: {step:<24} {how}", file=sys.stderr, flush=True)
+
+
+def warn(message):
+    """A line on stderr, with or without --verbose (stdout is for the text)."""
+    print(f"{PROGRAM}: {message}", file=sys.stderr, flush=True)
+
+
+def process_name(pid):
+    """"show_shared.py (pid 4242)": the script (or program) that runs as pid, where Linux
+    tells it in /proc; else just the pid."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            args = cmdline.read().decode(errors="replace").split("\0")
+    except OSError:
+        return f"pid {pid}"
+    scripts = [arg for arg in args[1:3] if arg.endswith(".py")]  # python3 SCRIPT ...
+    return f"{os.path.basename(scripts[0] if scripts else args[0])} (pid {pid})"
 
 
 def one_line(error):
@@ -210,11 +244,9 @@ class Posix:
 
     def exists(self):
         try:
-            self.attach().close()
+            os.close(_posixshmem.shm_open(self.name, os.O_RDONLY))
         except FileNotFoundError:
             return False
-        except ValueError:  # a 0-byte segment exists, but cannot be mapped
-            pass
         return True
 
     def make(self, size):
@@ -230,11 +262,18 @@ class Posix:
                 segment.close()
                 self.remove()
                 raise
+        tell(f"create({size})", f"shm_open(O_CREAT|O_EXCL) + ftruncate + mmap: {self.name}")
         return segment
 
     def attach(self):
         """Map the existing segment: FileNotFoundError if there is none."""
-        return SharedMemory(self.key, **_UNTRACKED)
+        segment = SharedMemory(self.key, **_UNTRACKED)
+        tell("attach()", f"shm_open + mmap: {self.name}, {segment.size} bytes")
+        return segment
+
+    def detach(self, segment):
+        segment.close()
+        tell("detach()", f"munmap: {self.name}")
 
     def remove(self):
         """Remove the name, if it is there; whoever mapped it keeps the memory until closing it.
@@ -245,7 +284,8 @@ class Posix:
         try:
             _posixshmem.shm_unlink(self.name)
         except FileNotFoundError:
-            pass
+            return
+        tell("remove", f"shm_unlink: {self.name} is gone (mappings stay until unmapped)")
 
     def users(self):
         """POSIX keeps no count of the processes that map a segment: None, "cannot tell"."""
@@ -262,7 +302,7 @@ class Posix:
 # System V through ctypes: the C library's functions, as the article's Qt program calls them.
 SYSTEM_V_HERE = sys.platform.startswith("linux") and ctypes.sizeof(ctypes.c_void_p) == 8
 IPC_CREAT, IPC_EXCL, IPC_RMID, IPC_STAT = 0o1000, 0o2000, 0, 2
-SETVAL, SEM_UNDO, SHM_RDONLY, MADV_POPULATE_READ = 16, 0x1000, 0o10000, 22
+SETVAL, GETPID, SEM_UNDO, SHM_RDONLY, MADV_POPULATE_READ = 16, 11, 0x1000, 0o10000, 22
 QT_FTOK_ID = ord("Q")  # Qt's ftok() project id: the IPC key reads 0x51...... in `ipcs`
 
 libc = ctypes.CDLL(None, use_errno=True)  # the C library this Python runs on
@@ -366,8 +406,8 @@ class SystemV:
 
     def shmid(self, size=0, flags=0):
         """shmget(): the id of the segment under our IPC key (FileNotFoundError if none)."""
-        return c_call(libc.shmget(ipc_key(self.key_file, create=flags & IPC_CREAT),
-                                  size, flags), self.name)
+        self.ipc_key = ipc_key(self.key_file, create=flags & IPC_CREAT)
+        return c_call(libc.shmget(self.ipc_key, size, flags), self.name)
 
     def exists(self):
         try:
@@ -378,11 +418,20 @@ class SystemV:
 
     def make(self, size):
         """Create and attach the segment, as Qt's create(): FileExistsError if it exists."""
-        return AttachedSegment(self.shmid(size, 0o600 | IPC_CREAT | IPC_EXCL), readonly=False)
+        segment = AttachedSegment(self.shmid(size, 0o600 | IPC_CREAT | IPC_EXCL), readonly=False)
+        tell(f"create({size})", f"shmget(IPC_CREAT|IPC_EXCL) + shmat: shmid {segment.shmid}, "
+                                f"IPC key 0x{self.ipc_key:08x} = ftok({os.path.basename(self.key_file)}, 'Q')")
+        return segment
 
     def attach(self):
         """Attach read-only to the existing segment: FileNotFoundError if there is none."""
-        return AttachedSegment(self.shmid(), readonly=True)
+        segment = AttachedSegment(self.shmid(), readonly=True)
+        tell("attach()", f"shmget + shmat: shmid {segment.shmid}, {segment.size} bytes")
+        return segment
+
+    def detach(self, segment):
+        segment.close()
+        tell("detach()", f"shmdt: shmid {segment.shmid}")
 
     def remove(self):
         """Remove the segment (IPC_RMID) and Qt's key file, as Qt's last detach() does.
@@ -391,7 +440,10 @@ class SystemV:
         detach, and then the kernel frees it.
         """
         try:
-            c_call(libc.shmctl(self.shmid(), IPC_RMID, None), self.name)
+            shmid = self.shmid()
+            c_call(libc.shmctl(shmid, IPC_RMID, None), self.name)
+            tell("remove", f"shmctl(IPC_RMID): shmid {shmid}; unlink "
+                           f"{os.path.basename(self.key_file)}")
         except FileNotFoundError:
             pass
         remove_file(self.key_file)
@@ -401,7 +453,7 @@ class SystemV:
         return shm_status(self.shmid()).nattch
 
     def open_qt_lock(self, create=False):
-        return SystemVSemaphore(self.lock_key_file, create)
+        return SystemVSemaphore(self.lock_key_file, create, self.name)
 
     def describe(self, size):
         shmid = self.shmid()
@@ -422,7 +474,7 @@ class AttachedSegment:
         address = libc.shmat(shmid, None, SHM_RDONLY if readonly else 0)
         if address == ctypes.c_void_p(-1).value:
             c_call(-1, f"shmat {shmid}")
-        self._address = address
+        self.shmid, self._address = shmid, address
         self.size = shm_status(shmid).segsz  # the size, as Qt's attach() learns it
         if readonly:
             # The kernel maps System V memory a page per fault, where a POSIX mapping gets
@@ -478,8 +530,12 @@ class PosixSemaphore:
                 break
             libc.sem_unlink(name.encode())
         self.handle = c_call(handle, f"semaphore {name}")
+        tell("Qt's lock", f"sem_open(O_CREAT|O_EXCL, value 1): {name}" if create else
+             f"sem_open: {name}")
 
     def acquire(self, give_up):
+        notice = waiting_notice(f"Qt's lock on {self.name}", lambda: "another process, "
+                                "a Qt program's or ours (a POSIX semaphore does not say)")
         while True:
             if hasattr(libc, "sem_timedwait"):  # Linux; macOS has no timed wait
                 deadline = time.time() + WAIT_SLICE
@@ -490,14 +546,17 @@ class PosixSemaphore:
                 if result:
                     time.sleep(WAIT_SLICE / 10)
             if result == 0:
+                tell("lock(), Qt's half", f"sem_wait: {self.name}")
                 return True
             if ctypes.get_errno() not in (errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR):
                 c_call(-1, f"semaphore {self.name}")
+            notice()
             if give_up():
                 return False
 
     def release(self):
         c_call(libc.sem_post(self.handle), f"semaphore {self.name}")
+        tell("unlock(), Qt's half", f"sem_post: {self.name}")
 
     def wake_waiters(self):
         """Give back the lock that a dead holder left taken, for whoever waits on it."""
@@ -507,6 +566,7 @@ class PosixSemaphore:
         libc.sem_close(self.handle)
         if self.made:
             libc.sem_unlink(self.name.encode())
+        tell("Qt's lock", f"sem_close{' + sem_unlink' if self.made else ''}: {self.name}")
 
 
 class SystemVSemaphore:
@@ -514,12 +574,14 @@ class SystemVSemaphore:
     Qt's key file qipc_systemsem_... It is taken with SEM_UNDO, so the kernel gives back
     the lock of a process that dies holding it."""
 
-    def __init__(self, key_file, create):
+    def __init__(self, key_file, create, name):
         # create is Qt's create(): make the set (and its key file) if it is not there, and
         # remove it at the end even if another process made it. Without create, use the
         # set that is there: FileNotFoundError if none.
-        self.key_file, self.made = key_file, create
+        self.key_file, self.made, self.name = key_file, create, name
         self.semid = self.open(create)
+        tell("Qt's lock", f"semget{'(IPC_CREAT)' if create else ''}: semid {self.semid}, "
+                          f"IPC key = ftok({os.path.basename(key_file)}, 'Q')")
 
     def open(self, create):
         key = ipc_key(self.key_file, create)
@@ -534,10 +596,15 @@ class SystemVSemaphore:
 
     def change(self, delta, give_up=lambda: False):
         operation = Sembuf(0, delta, SEM_UNDO)
+        # GETPID: the last process that changed the semaphore, which is the one holding it.
+        notice = waiting_notice(f"Qt's lock on {self.name}", lambda: process_name(
+            libc.semctl(self.semid, 0, GETPID, ctypes.c_int(0))))
         while True:
             result = libc.semtimedop(self.semid, ctypes.byref(operation), 1,
                                      ctypes.byref(Timespec(0, int(WAIT_SLICE * 1e9))))
             if result == 0:
+                tell(f"{'lock' if delta < 0 else 'unlock'}(), Qt's half",
+                     f"semop({delta:+d}, SEM_UNDO): semid {self.semid}")
                 return True
             code = ctypes.get_errno()
             if code in (errno.EIDRM, errno.EINVAL) and delta > 0:
@@ -548,8 +615,10 @@ class SystemVSemaphore:
                 self.semid, self.made = self.open(create=True), True
             elif code not in (errno.EAGAIN, errno.EINTR):
                 c_call(-1, f"semaphore {self.key_file}")
-            elif give_up():
-                return False
+            else:
+                notice()
+                if give_up():
+                    return False
 
     def acquire(self, give_up):
         return self.change(-1, give_up)
@@ -564,11 +633,26 @@ class SystemVSemaphore:
         if self.made:
             libc.semctl(self.semid, 0, IPC_RMID, ctypes.c_int(0))
             remove_file(self.key_file)
+            tell("Qt's lock", f"semctl(IPC_RMID): semid {self.semid}; unlink "
+                              f"{os.path.basename(self.key_file)}")
+
+
+def waiting_notice(what, holder):
+    """A function to call as we wait: once we have waited a second, it says so, once, with
+    what we wait for and for whom (holder() names it). A wait is never silent."""
+    started, said = time.monotonic(), []
+
+    def notice():
+        if not said and time.monotonic() - started > 1:
+            warn(f"waiting for {what}, held by {holder()}")
+            said.append(True)
+    return notice
 
 
 # --- The lock file -------------------------------------------------------------------------
 
 DATA_LOCK, OWNER_LOCK = 0, 1  # byte offsets of the two locks in the lock file
+LOCK_NAMES = {DATA_LOCK: "data", OWNER_LOCK: "owner"}
 
 
 class LockFileError(OSError):
@@ -584,70 +668,100 @@ def lock_path(key):
     return os.path.join(os.environ.get("TMPDIR") or "/tmp", name)
 
 
-def open_lock_file(key):
-    """Open (or create, mode 0600) the key's lock file and return its descriptor.
+class LockFile:
+    """The key's lock file (see the top of this module): two byte locks and the logbook."""
 
-    The temporary directory is shared with every user, so what stands at that path may
-    be a trap: a symlink is never followed (O_NOFOLLOW), and a file that is not a regular
-    file of ours is refused, never truncated or chmod-ed.
-    """
-    path = lock_path(key)
-    try:
-        # O_NONBLOCK: opening a FIFO planted there must not hang us.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
-    except OSError as error:
-        if os.path.islink(path):
-            raise LockFileError(f"lock file {path} is a symlink; refusing to follow it")
-        raise LockFileError(f"cannot open lock file {path}: {error.strerror}") from None
-    info = os.fstat(fd)
-    problem = ("is not a regular file" if not stat.S_ISREG(info.st_mode) else
-               f"belongs to user {info.st_uid}, not to us" if info.st_uid != os.geteuid() else
-               None)
-    if problem:
-        os.close(fd)
-        raise LockFileError(f"lock file {path} {problem}; refusing to use it")
-    return fd
+    def __init__(self, key):
+        """Open (or create, mode 0600) the key's lock file.
 
+        The temporary directory is shared with every user, so what stands at that path
+        may be a trap: a symlink is never followed (O_NOFOLLOW), and a file that is not a
+        regular file of ours is refused, never truncated or chmod-ed.
+        """
+        self.key, self.path = key, lock_path(key)
+        try:
+            # O_NONBLOCK: opening a FIFO planted there must not hang us.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK,
+                         0o600)
+        except OSError as error:
+            if os.path.islink(self.path):
+                raise LockFileError(f"lock file {self.path} is a symlink; refusing to follow it")
+            raise LockFileError(f"cannot open lock file {self.path}: {error.strerror}") from None
+        info = os.fstat(fd)
+        problem = ("is not a regular file" if not stat.S_ISREG(info.st_mode) else
+                   f"belongs to user {info.st_uid}, not to us" if info.st_uid != os.geteuid()
+                   else None)
+        if problem:
+            os.close(fd)
+            raise LockFileError(f"lock file {self.path} {problem}; refusing to use it")
+        self.fd = fd
+        tell("our lock file", f"open {self.path}")
 
-def lock(fd, which, exclusive, wait=True):
-    """Take one of the two byte locks. Without wait, return False if someone holds it."""
-    mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
-    try:
-        fcntl.lockf(fd, mode, 1, which)
-    except (BlockingIOError, PermissionError):  # EAGAIN or EACCES, by platform
-        return False
-    return True
+    def lock(self, which, exclusive, step=None, wait=True):
+        """Take one of the two byte locks; without wait, return False if someone holds it.
 
+        fcntl has no timed wait, so a wait is a try every 10 ms: that lets us say, after a
+        second, that we wait and for whom, instead of hanging without a word.
+        """
+        notice = waiting_notice(f"the lock on key {self.key!r} ({self.path})",
+                                lambda: self.holder(which, exclusive))
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        while True:
+            try:
+                fcntl.lockf(self.fd, mode | fcntl.LOCK_NB, 1, which)
+                break
+            except (BlockingIOError, PermissionError):  # EAGAIN or EACCES, by platform
+                if not wait:
+                    return False
+            notice()
+            time.sleep(0.01)
+        if step:
+            tell(step, f"fcntl: {'exclusive' if exclusive else 'shared'} lock on byte "
+                       f"{which} ({LOCK_NAMES[which]}) of our lock file")
+        return True
 
-def unlock(fd, which):
-    fcntl.lockf(fd, fcntl.LOCK_UN, 1, which)
+    def unlock(self, which, step=None):
+        fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, which)
+        if step:
+            tell(step, f"fcntl: unlock byte {which} ({LOCK_NAMES[which]}) of our lock file")
+
+    def holder(self, which, exclusive):
+        """Who holds the byte lock that we wait for, as fcntl(F_GETLK) tells (Linux)."""
+        if not sys.platform.startswith("linux"):
+            return "another process"
+        wanted = Flock(fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK, os.SEEK_SET, which, 1)
+        found = Flock.from_buffer_copy(fcntl.fcntl(self.fd, fcntl.F_GETLK, bytes(wanted)))
+        return process_name(found.pid) if found.type != fcntl.F_UNLCK else "another process"
+
+    def read_logbook(self):
+        """Return the Logbook (pid, state, kind tag) in the file, or None if it is empty."""
+        words = os.pread(self.fd, 64, 0).decode("ascii", "replace").split()
+        if len(words) >= 2 and words[0].isdigit():
+            return Logbook(int(words[0]), words[1], words[2] if len(words) > 2 else Posix.tag)
+        return None
+
+    def write_logbook(self, state, kind=None):
+        """Note "PID state kind" in the file; an empty state empties it."""
+        line = f"{os.getpid()} {state} {kind.tag}\n".encode() if state else b""
+        os.pwrite(self.fd, line, 0)
+        os.ftruncate(self.fd, len(line))
+
+    def owner_alive(self):
+        """True if a loader holds this key now: we try its OWNER_LOCK and let go at once.
+
+        Call it only while holding DATA_LOCK, and never in the loader itself: a loader
+        tries OWNER_LOCK only while it holds DATA_LOCK exclusively, so the two never meet.
+        """
+        if self.lock(OWNER_LOCK, exclusive=False, wait=False):
+            self.unlock(OWNER_LOCK)
+            return False
+        return True
 
 
 Logbook = collections.namedtuple("Logbook", "pid state kind")
 
 
-def read_logbook(fd):
-    """Return the Logbook (pid, state, kind tag) in the lock file, or None if it is empty."""
-    words = os.pread(fd, 64, 0).decode("ascii", "replace").split()
-    if len(words) >= 2 and words[0].isdigit():
-        return Logbook(int(words[0]), words[1], words[2] if len(words) > 2 else Posix.tag)
-    return None
-
-
-def write_logbook(fd, state, kind=None):
-    """Note "PID state kind" in the lock file; an empty state empties it."""
-    line = f"{os.getpid()} {state} {kind.tag}\n".encode() if state else b""
-    os.pwrite(fd, line, 0)
-    os.ftruncate(fd, len(line))
-
-
-def owner_alive(fd):
-    """True if a loader holds this key now: we try its OWNER_LOCK and let go at once.
-
-    Call it only while holding DATA_LOCK, and never in the loader itself: a loader tries
-    OWNER_LOCK only while it holds DATA_LOCK exclusively, so the two tries never meet.
-    """
-    if lock(fd, OWNER_LOCK, exclusive=False, wait=False):
-        unlock(fd, OWNER_LOCK)
-        return False
-    return True
+class Flock(ctypes.Structure):
+    """struct flock as Linux lays it out: what fcntl(F_GETLK) reads and fills in."""
+    _fields_ = [("type", ctypes.c_short), ("whence", ctypes.c_short),
+                ("start", ctypes.c_int64), ("len", ctypes.c_int64), ("pid", ctypes.c_int32)]

@@ -11,6 +11,8 @@ article's QSharedMemory("KEY"), and every Qt 5 program's).
                  size, its owner, the byte count and the UTF-16 code units, 16 rows
                  (--hex=ROWS for more, --hex=all for every row); also on a corrupt
                  segment, to see what is wrong
+  --verbose      tell each step on stderr as it happens: the article's Qt call, and the
+                 system call that does it here
   -h, --help     show this help
 
 The viewer only reads, under Qt's lock as well as ours: it never removes a segment, whose
@@ -30,7 +32,7 @@ import contextlib  # noqa: E402  (after the lines above, so that Ctrl-C is quiet
 import sys  # noqa: E402
 
 import shmcodec  # noqa: E402
-from shmcodec import DATA_LOCK  # noqa: E402
+from shmcodec import DATA_LOCK, tell  # noqa: E402
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
@@ -66,16 +68,17 @@ def read_segment(key, read):
     last loader's (pid, state, kind) or None, and alive tells if that loader still lives.
     This is the original's lock(), attach(), constData(), detach() and unlock().
     """
-    lock_fd = shmcodec.open_lock_file(key)
+    lock_file = shmcodec.LockFile(key)
     # Lock *before* attaching: a loader that replaces its text swaps in a new segment, and
     # the lock makes sure that we map the one that is whole, never one being written.
-    shmcodec.lock(lock_fd, DATA_LOCK, exclusive=False)  # sharedMem.lock(), our half
+    lock_file.lock(DATA_LOCK, exclusive=False, step="lock(), our half")
     try:
         # The logbook names the last loader; its OWNER_LOCK tells if that loader lives.
-        logbook = shmcodec.read_logbook(lock_fd)
-        alive = logbook is not None and shmcodec.owner_alive(lock_fd)
+        logbook = lock_file.read_logbook()
+        alive = logbook is not None and lock_file.owner_alive()
         died_writing = logbook and not alive and logbook.state == "writing"
         kind = shmcodec.find_segment(key)
+        tell("attach(): which kind?", kind.name if kind else f"neither /{key} nor System V")
         if kind is None:
             if died_writing:  # it may have died before its segment even existed
                 raise Failure(f"load_shared.py (pid {logbook.pid}) died while writing "
@@ -86,7 +89,7 @@ def read_segment(key, read):
         # A loader that died while writing died holding Qt's lock: do not wait for it.
         with qt_lock_held(kind, skip=died_writing):
             try:
-                segment = kind.attach()  # sharedMem.attach()
+                segment = kind.attach()
             except FileNotFoundError:  # a Qt program removed it meanwhile
                 raise nothing_loaded(key) from None
             except ValueError:  # a 0-byte segment cannot be mapped: read it as no bytes
@@ -94,9 +97,9 @@ def read_segment(key, read):
             try:
                 return read(kind, segment.buf, logbook, alive)
             finally:
-                segment.close()  # sharedMem.detach(): unmap, and leave the segment alone
+                kind.detach(segment)  # unmap, and leave the segment alone
     finally:
-        shmcodec.unlock(lock_fd, DATA_LOCK)  # sharedMem.unlock()
+        lock_file.unlock(DATA_LOCK, step="unlock(), our half")
 
 
 def nothing_loaded(key):
@@ -125,7 +128,7 @@ def qt_lock_held(kind, skip):
         try:
             yield
         finally:
-            qt_lock.release()  # sharedMem.unlock(), Qt's half
+            qt_lock.release()
     finally:
         qt_lock.close()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a stop that came ends us
@@ -145,7 +148,10 @@ def read_text(key):
             raise Failure(f"load_shared.py (pid {dead_loader.pid}) died while writing "
                           f"{kind.name}; there is no whole text to show")
         try:
-            return shmcodec.decode_qstring(buffer), dead_loader  # QDataStream >> text
+            text = shmcodec.decode_qstring(buffer)
+            tell("QDataStream >> text", "a null QString" if text is None else
+                 f"{len(text)} characters, straight from the segment's memory")
+            return text, dead_loader
         except shmcodec.QStringFormatError as error:
             raise Failure(f"segment {kind.name} ({len(buffer)} bytes) holds no QString: "
                           f"{error}") from None

@@ -249,6 +249,10 @@ class ProcessTestCase(unittest.TestCase):
         self.assertRegex(self.wait_line(loader), r"^Loaded \d+ bytes into ")
         return loader
 
+    def still_running(self, process, seconds=1.0):
+        """True if process has neither exited nor printed a line within seconds."""
+        return not select.select([process.stdout], [], [], seconds)[0] and process.poll() is None
+
     def finish(self, process, timeout=TIMEOUT):
         """Wait for process; return (exit status, stdout, stderr)."""
         if process.stdin and process.stdin.closed:
@@ -734,6 +738,85 @@ class FaultTest(ProcessTestCase):
 QUIET_LINE = "signal.signal(signal.SIGINT, signal.SIG_DFL)"
 
 
+class VerboseTest(ProcessTestCase):
+    """--verbose tells each step of the dance as it happens; a wait is never silent."""
+
+    LOAD_STEPS = ["our lock file", "own the key", "own the key", "own the key", "Qt's lock",
+                  "QDataStream << text", "lock(), our half", "lock(), Qt's half", "create(14)",
+                  "memcpy(to, from, size)", "unlock(), Qt's half", "unlock(), our half"]
+    RELEASE_STEPS = ["release", "detach()", "remove", "Qt's lock", "release"]
+    SHOW_STEPS = ["our lock file", "lock(), our half", "attach(): which kind?", "Qt's lock",
+                  "lock(), Qt's half", "attach()", "QDataStream >> text", "detach()",
+                  "unlock(), Qt's half", "Qt's lock", "unlock(), our half"]
+
+    def steps(self, err, script):
+        """The step names that script told, in order (the column after "script: ")."""
+        return [line[len(script) + 2:][:24].rstrip() for line in err.splitlines()
+                if line.startswith(script + ": ") and line[len(script) + 2:][:24].strip()
+                and len(line) > len(script) + 27]
+
+    def test_load_and_show_tell_their_steps_in_order(self):
+        for sysv in ((), ("--sysv",)):
+            with self.subTest(sysv=sysv):
+                loader = self.start_loader("--verbose", *sysv, "Hello")
+                status, out, err = self.show("--verbose")
+                self.assertEqual((status, out), (0, b"Hello\n"))  # stdout as without it
+                steps = self.SHOW_STEPS.copy()
+                if sysv:  # a System V semaphore is used by its id: there is nothing to close
+                    steps.pop(-2)
+                self.assertEqual(self.steps(err, "show_shared.py"), steps)
+                self.assertIn("shmget + shmat" if sysv else "shm_open + mmap", err)
+                loader.send_signal(signal.SIGINT)
+                status, out, err = self.finish(loader)
+                self.assertEqual((status, out), (0, b""))
+                self.assertEqual(self.steps(err, "load_shared.py"),
+                                 self.LOAD_STEPS + self.RELEASE_STEPS)
+                self.assertIn("shmctl(IPC_RMID)" if sysv else "shm_unlink", err)
+                self.assert_nothing_left()
+
+    def test_without_verbose_nothing_is_told(self):
+        loader = self.start_loader("Hello")
+        self.assert_shows("Hello")  # stderr empty
+        loader.terminate()
+        status, out, err = self.finish(loader)
+        self.assertEqual(err, f"holding /{self.key} until Ctrl-C, SIGTERM or SIGHUP\n")
+
+    def test_loader_says_it_waits_for_a_stopped_viewer(self):
+        for sysv in ((), ("--sysv",)):
+            with self.subTest(sysv=sysv):
+                loader = self.start(*sysv, stdin=subprocess.PIPE)
+                loader.stdin.write(b"first\n")
+                loader.stdin.flush()
+                self.assertRegex(self.wait_line(loader), "^Loaded ")
+                # Hold Qt's lock, so that a viewer stops with our shared lock held...
+                kind = shmcodec_in(self.tmpdir, lambda: shmcodec.SystemV(self.key)) if sysv \
+                    else shmcodec.Posix(self.key)
+                qt_lock = kind.open_qt_lock()
+                self.addCleanup(qt_lock.close)
+                qt_lock.acquire(give_up=lambda: False)
+                viewer = self.start(script=VIEWER)
+                deadline = time.monotonic() + TIMEOUT
+                while not holds_a_lock(viewer.pid) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                viewer.send_signal(signal.SIGSTOP)  # ...as Ctrl-Z would stop it
+                qt_lock.release()
+                loader.stdin.write(b"second\n")
+                loader.stdin.flush()
+                started = time.monotonic()
+                said = loader.stderr.readline().decode()
+                self.assertLess(time.monotonic() - started, 5)
+                self.assertIn(f"waiting for the lock on key {self.key!r}", said)
+                self.assertIn(f"held by show_shared.py (pid {viewer.pid})", said)
+                self.assertTrue(self.still_running(loader))  # it goes on waiting
+                viewer.send_signal(signal.SIGCONT)
+                self.assertEqual(self.finish(viewer)[:2], (0, b"first\n"))
+                self.assertRegex(self.wait_line(loader), "^Loaded ")
+                self.assert_shows("second")
+                loader.stdin.close()
+                self.assertEqual(self.finish(loader)[0], 0)
+                self.assert_nothing_left()
+
+
 class HexViewTest(ProcessTestCase):
     """show_shared.py --hex shows what is in the segment, also when it is corrupt."""
 
@@ -1054,10 +1137,6 @@ class QtPeerTests:
         return shmcodec_in(self.tmpdir, lambda: shmcodec.SystemV(self.key)) \
             if key_kind == "legacy" else shmcodec.Posix(self.key)
 
-    def still_running(self, process, seconds=1.0):
-        """True if process has neither exited nor printed a line within seconds."""
-        return not select.select([process.stdout], [], [], seconds)[0] and process.poll() is None
-
     def test_qt_writes_we_show(self):
         for key_kind in self.key_kinds:
             for text in ("hello from Qt", "Grüße 😀", "two\nlines", ""):
@@ -1089,9 +1168,15 @@ class QtPeerTests:
                 self.assertEqual(self.wait_line(holder), "locked\n")
                 viewer = self.start(script=VIEWER)
                 self.assertTrue(self.still_running(viewer), "the viewer did not wait")
+                said = viewer.stderr.readline().decode()  # after a second: a wait is said
+                self.assertIn(f"waiting for Qt's lock on {self.kind(key_kind).name}", said)
+                if key_kind == "legacy":  # System V tells who changed the semaphore last
+                    self.assertIn(f"(pid {holder.pid})", said)
                 loader.stdin.write(b"second\n")
                 loader.stdin.flush()
                 self.assertTrue(self.still_running(loader), "the loader did not wait")
+                self.assertIn(f"held by show_shared.py (pid {viewer.pid})",
+                              loader.stderr.readline().decode())
                 holder.stdin.write(b"unlock\n")
                 holder.stdin.flush()
                 self.assertEqual(self.finish(viewer)[:2], (0, b"first\n"))
@@ -1276,6 +1361,13 @@ def remove_system_v(table, ident):
         shmcodec.libc.shmctl(ident, shmcodec.IPC_RMID, None)
     else:
         shmcodec.libc.semctl(ident, 0, shmcodec.IPC_RMID, 0)
+
+
+def holds_a_lock(pid):
+    """True if pid holds an fcntl lock (Linux: /proc/locks)."""
+    with open("/proc/locks") as locks:  # "1: POSIX  ADVISORY  READ 4242 00:2b:1234 0 0"
+        return any(fields[1] == "POSIX" and fields[4] == str(pid)
+                   for fields in (line.split() for line in locks))
 
 
 def children(pid):
