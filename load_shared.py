@@ -85,6 +85,9 @@ def become_owner(lock_file, kind, replace):
         if not lock_file.lock(OWNER_LOCK, exclusive=True, step="own the key", wait=False):
             pid = f" (pid {logbook.pid})" if logbook else ""
             raise Failure(f"another load_shared.py{pid} holds key {kind.key!r}; stop it first")
+        theirs = shmcodec.other_users(kind)
+        if theirs:  # not even --replace touches another user's segment or lock
+            raise Failure(f"{theirs[0]}; use another --key")
         if logbook:  # the OWNER_LOCK was free: the loader that wrote this is gone
             left = shmcodec.KINDS[logbook.kind](kind.key)  # of either kind
             if left.exists():

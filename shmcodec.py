@@ -247,6 +247,8 @@ class Posix:
             os.close(_posixshmem.shm_open(self.name, os.O_RDONLY))
         except FileNotFoundError:
             return False
+        except PermissionError:  # there, but another user's
+            pass
         return True
 
     def make(self, size):
@@ -290,6 +292,18 @@ class Posix:
     def users(self):
         """POSIX keeps no count of the processes that map a segment: None, "cannot tell"."""
         return None
+
+    def owners(self):
+        """[(what, uid)] of the segment and Qt's semaphore for it, where they exist: on
+        Linux they are files in /dev/shm, which anyone may stat."""
+        found = []
+        for what, path in ((f"segment {self.name}", f"/dev/shm/{self.key}"),
+                           (f"Qt's lock {self.name}", f"/dev/shm/sem.{self.key}")):
+            try:
+                found.append((what, os.stat(path).st_uid))
+            except OSError:
+                pass
+        return found
 
     def open_qt_lock(self, create=False):
         return PosixSemaphore(self.name, create)
@@ -378,7 +392,7 @@ def ipc_key(key_file, create):
 def remove_file(path):
     try:
         os.unlink(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):  # gone, or another user's to remove
         pass
 
 
@@ -452,6 +466,23 @@ class SystemV:
         """How many processes are attached: 0 means nobody holds it (its maker died)."""
         return shm_status(self.shmid()).nattch
 
+    def owners(self):
+        """[(what, uid)] of the segment and Qt's semaphore set for it, where they exist, as
+        /proc/sysvipc lists them for anyone (IPC_STAT would need leave to read them)."""
+        found = []
+        for what, table, key_file in ((f"segment {self.name}", "shm", self.key_file),
+                                      (f"Qt's lock for {self.name}", "sem", self.lock_key_file)):
+            try:
+                key = ipc_key(key_file, create=False)
+            except FileNotFoundError:
+                continue
+            with open(f"/proc/sysvipc/{table}") as listing:
+                columns = listing.readline().split()  # key shmid perms ... uid gid ...
+                for row in (dict(zip(columns, line.split())) for line in listing):
+                    if int(row["key"]) == key:
+                        found.append((what, int(row["uid"])))
+        return found
+
     def open_qt_lock(self, create=False):
         return SystemVSemaphore(self.lock_key_file, create, self.name)
 
@@ -490,6 +521,13 @@ class AttachedSegment:
             self.buf.release()
             libc.shmdt(ctypes.c_void_p(self._address))
             self._address = None
+
+
+def other_users(kind):
+    """What of kind (its segment, Qt's lock for it) another user owns: ["segment /KEY
+    belongs to user alice", ...]. None of it is ours to read, replace or remove."""
+    return [f"{what} belongs to user {user_name(uid)}" for what, uid in kind.owners()
+            if uid != os.geteuid()]
 
 
 def find_segment(key):
@@ -659,30 +697,75 @@ class LockFileError(OSError):
     """The lock file is not one we may use."""
 
 
-def lock_path(key):
-    """$TMPDIR/qshm-KEY.lock, else /tmp/qshm-KEY.lock: where Qt keeps its key files too."""
+def lock_dir(create):
+    """Where this user's lock files live, where no other user can write: $XDG_RUNTIME_DIR,
+    else a private directory of ours in the temporary directory ($TMPDIR, else /tmp),
+    made on first use with mode 0700, as tmux and ssh-agent do.
+
+    The temporary directory is everyone's, so what stands there in our directory's place
+    may be a trap: anything that is not a directory of ours, closed to others, is refused.
+    Without create, return None if the directory is not there.
+    """
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return os.environ["XDG_RUNTIME_DIR"]
+    path = os.path.join(os.environ.get("TMPDIR") or "/tmp", f"qshm-{os.geteuid()}")
+    if create:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+    try:
+        info = os.lstat(path)  # lstat: a symlink is not our directory
+    except FileNotFoundError:
+        return None
+    problem = ("is not a directory" if not stat.S_ISDIR(info.st_mode) else
+               f"belongs to user {user_name(info.st_uid)}" if info.st_uid != os.geteuid() else
+               f"may be written by others (mode {info.st_mode & 0o777:o})"
+               if info.st_mode & 0o022 else None)
+    if problem:
+        raise LockFileError(f"{path} {problem}; refusing to keep lock files there")
+    return path
+
+
+def lock_path(key, create=False):
+    """The key's lock file, qshm-KEY.lock in lock_dir(); None if that is not there."""
+    folder = lock_dir(create)
     name = f"qshm-{key}.lock"
     if len(name) > 255:  # a key near the limit: keep the file name legal, and unique
         import hashlib
         name = f"qshm-{key[:200]}-{hashlib.sha1(key.encode()).hexdigest()}.lock"
-    return os.path.join(os.environ.get("TMPDIR") or "/tmp", name)
+    return folder and os.path.join(folder, name)
+
+
+def user_name(uid):
+    """The name of user uid, else the number."""
+    import pwd  # only a clash with another user needs it
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 class LockFile:
     """The key's lock file (see the top of this module): two byte locks and the logbook."""
 
-    def __init__(self, key):
-        """Open (or create, mode 0600) the key's lock file.
+    def __init__(self, key, create=True):
+        """Open (with create, make: mode 0600) the key's lock file.
 
-        The temporary directory is shared with every user, so what stands at that path
-        may be a trap: a symlink is never followed (O_NOFOLLOW), and a file that is not a
-        regular file of ours is refused, never truncated or chmod-ed.
+        Without create, FileNotFoundError if it is not there: then no loader of ours has
+        run under this key, and a viewer leaves nothing behind. Even in our own directory,
+        a symlink is never followed (O_NOFOLLOW), and a file that is not a regular file of
+        ours is refused, never truncated or chmod-ed.
         """
-        self.key, self.path = key, lock_path(key)
+        self.key, self.path = key, lock_path(key, create)
+        if self.path is None:
+            raise FileNotFoundError(f"no lock file for key {key!r}")
         try:
             # O_NONBLOCK: opening a FIFO planted there must not hang us.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK,
-                         0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK |
+                         (os.O_CREAT if create else 0), 0o600)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no lock file {self.path}") from None
         except OSError as error:
             if os.path.islink(self.path):
                 raise LockFileError(f"lock file {self.path} is a symlink; refusing to follow it")

@@ -68,13 +68,17 @@ def read_segment(key, read):
     last loader's (pid, state, kind) or None, and alive tells if that loader still lives.
     This is the original's lock(), attach(), constData(), detach() and unlock().
     """
-    lock_file = shmcodec.LockFile(key)
+    try:
+        lock_file = shmcodec.LockFile(key, create=False)
+    except FileNotFoundError:  # no loader of ours ran here: Qt's lock is all there is
+        lock_file = None
     # Lock *before* attaching: a loader that replaces its text swaps in a new segment, and
     # the lock makes sure that we map the one that is whole, never one being written.
-    lock_file.lock(DATA_LOCK, exclusive=False, step="lock(), our half")
+    if lock_file:
+        lock_file.lock(DATA_LOCK, exclusive=False, step="lock(), our half")
     try:
         # The logbook names the last loader; its OWNER_LOCK tells if that loader lives.
-        logbook = lock_file.read_logbook()
+        logbook = lock_file and lock_file.read_logbook()
         alive = logbook is not None and lock_file.owner_alive()
         died_writing = logbook and not alive and logbook.state == "writing"
         kind = shmcodec.find_segment(key)
@@ -84,6 +88,9 @@ def read_segment(key, read):
                 raise Failure(f"load_shared.py (pid {logbook.pid}) died while writing "
                               f"under key {key!r}; there is no whole text to show")
             raise nothing_loaded(key)
+        theirs = shmcodec.other_users(kind)
+        if theirs:
+            raise Failure(f"{theirs[0]}: it is theirs to show")
         if logbook and logbook.kind != kind.tag:
             logbook = died_writing = None  # it speaks of the other kind of segment
         # A loader that died while writing died holding Qt's lock: do not wait for it.
@@ -99,7 +106,8 @@ def read_segment(key, read):
             finally:
                 kind.detach(segment)  # unmap, and leave the segment alone
     finally:
-        lock_file.unlock(DATA_LOCK, step="unlock(), our half")
+        if lock_file:
+            lock_file.unlock(DATA_LOCK, step="unlock(), our half")
 
 
 def nothing_loaded(key):
@@ -180,7 +188,7 @@ def show_bytes(key, rows):
                 problem, logbook, alive)
 
     kind, details, data, size, span, problem, logbook, alive = read_segment(key, copy)
-    details.append(("lock file", shmcodec.lock_path(key)))
+    details.append(("lock file", shmcodec.lock_path(key) or "none: no load_shared.py ran here"))
     if logbook and alive:
         owner = f"load_shared.py pid {logbook.pid}, alive"
     elif logbook:

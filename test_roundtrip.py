@@ -151,6 +151,7 @@ class ProcessTestCase(unittest.TestCase):
         self.key = f"test_roundtrip-{os.getpid()}-{random.randrange(1 << 32):08x}"
         self.tmpdir = tempfile.mkdtemp(prefix="test_roundtrip-")
         self.env = dict(os.environ, TMPDIR=self.tmpdir, PYTHONWARNINGS="default")
+        self.env.pop("XDG_RUNTIME_DIR", None)  # lock files, too, in our TMPDIR
         self.processes = []  # every process the test starts, so that it can clean up after it
         self.system_v_before = set(system_v_objects())
         self.addCleanup(self.clean_up)
@@ -189,7 +190,7 @@ class ProcessTestCase(unittest.TestCase):
 
     @property
     def lock_path(self):  # as the scripts see it, with our TMPDIR
-        return os.path.join(self.tmpdir, os.path.basename(shmcodec.lock_path(self.key)))
+        return os.path.join(self.tmpdir, f"qshm-{os.geteuid()}", f"qshm-{self.key}.lock")
 
     def logbook(self):
         try:
@@ -357,9 +358,13 @@ class RoundTripTest(ProcessTestCase):
         self.assertNotIn("Traceback", err)
 
     def test_viewer_before_any_load(self):
-        status, out, err = self.show()
-        self.assertEqual((status, out), (1, b""))
-        self.assert_one_line(err, "load_shared.py", self.key)
+        for args in ((), ("--hex",), ("--key", "a-typo")):
+            with self.subTest(args=args):
+                status, out, err = self.show(*args)
+                self.assertEqual((status, out), (1, b""))
+                self.assert_one_line(err, "load_shared.py", args[-1] if args[:1] == ("--key",)
+                                     else self.key)
+                self.assertEqual(os.listdir(self.tmpdir), [])  # a viewer leaves no litter
 
     def test_second_loader_is_refused(self):
         first = self.start_loader("first text")
@@ -738,6 +743,128 @@ class FaultTest(ProcessTestCase):
 QUIET_LINE = "signal.signal(signal.SIGINT, signal.SIG_DFL)"
 
 
+class TwoUsersTest(ProcessTestCase):
+    """Two real users on one machine, as in a classroom lab: made for these tests (they
+    need root), removed after them. They run a copy of the scripts that they may read,
+    with the system's Python (root's pyenv may be closed to them), and share a temporary
+    directory, as they would share /tmp."""
+
+    python = "/usr/bin/python3"
+
+    @classmethod
+    def setUpClass(cls):
+        if os.geteuid() != 0 or not os.access(cls.python, os.X_OK) or not all(
+                shutil.which(command) for command in ("useradd", "userdel", "setpriv")):
+            raise unittest.SkipTest("needs root, useradd, setpriv and /usr/bin/python3")
+        import pwd
+        cls.users = []
+        cls.scripts = tempfile.mkdtemp(prefix="test_roundtrip-scripts-")
+        try:
+            for letter in "ab":
+                name = f"qshm{letter}{os.getpid()}"
+                subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                                name], check=True, capture_output=True)
+                cls.users.append(pwd.getpwnam(name))
+            os.chmod(cls.scripts, 0o755)
+            for script in ("load_shared.py", "show_shared.py", "shmcodec.py"):
+                shutil.copy(os.path.join(HERE, script), cls.scripts)
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        for user in cls.users:
+            subprocess.run(["userdel", user.pw_name], capture_output=True)
+        shutil.rmtree(cls.scripts)
+
+    def setUp(self):
+        super().setUp()
+        os.chmod(self.tmpdir, 0o1777)  # everyone's, like /tmp
+
+    def as_user(self, user, script, *args):
+        """Start script as user, in the background."""
+        process = subprocess.Popen(
+            ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
+             self.python, os.path.join(self.scripts, script), "--key", self.key, *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=self.env, cwd=self.scripts)
+        self.processes.append(process)
+        return process
+
+    def load_as(self, user, *args):
+        loader = self.as_user(user, "load_shared.py", *args)
+        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        return loader
+
+    def run_as(self, user, script, *args):
+        return self.finish(self.as_user(user, script, *args))
+
+    def test_users_take_turns(self):
+        a, b = self.users
+        for sysv in ((), ("--sysv",)):
+            for user in (a, b, b, a):
+                with self.subTest(sysv=sysv, user=user.pw_name):
+                    loader = self.load_as(user, *sysv, f"from {user.pw_name}")
+                    self.assertEqual(self.run_as(user, "show_shared.py"),
+                                     (0, f"from {user.pw_name}\n".encode(), ""))
+                    loader.terminate()
+                    status, out, err = self.finish(loader)
+                    self.assertEqual(status, 0)
+                    self.assertEqual(len(err.splitlines()), 1, err)  # "holding ...", no more
+                    self.assert_nothing_left()
+
+    def test_a_clash_names_the_other_user(self):
+        for sysv in ((), ("--sysv",)):
+            for owner, other in (self.users, self.users[::-1]):
+                with self.subTest(sysv=sysv, owner=owner.pw_name):
+                    loader = self.load_as(owner, *sysv, "mine")
+                    for script, args in (("load_shared.py", (*sysv, "theirs")),
+                                         ("load_shared.py", (*sysv, "--replace", "theirs")),
+                                         ("show_shared.py", ())):
+                        status, out, err = self.run_as(other, script, *args)
+                        self.assertEqual((status, out), (1, b""))
+                        self.assert_one_line(err, "segment ", f"belongs to user {owner.pw_name}")
+                    self.assertEqual(self.run_as(owner, "show_shared.py"), (0, b"mine\n", ""))
+                    loader.terminate()
+                    self.assertEqual(self.finish(loader)[0], 0)
+                    self.assert_nothing_left()
+
+    def test_a_planted_lock_directory_is_refused_and_left_alone(self):
+        a, b = self.users
+        place = os.path.join(self.tmpdir, f"qshm-{a.pw_uid}")  # where a keeps lock files
+
+        def owned_by(user, make, mode=None):
+            def plant():
+                make()
+                os.lchown(place, user.pw_uid, user.pw_gid)
+                if mode:
+                    os.chmod(place, mode)
+            return plant
+        elsewhere = tempfile.mkdtemp(dir=self.tmpdir)
+        plants = {
+            "b's directory": owned_by(b, lambda: os.mkdir(place, 0o700)),
+            "b's file": owned_by(b, lambda: open(place, "w").close()),
+            "b's symlink": owned_by(b, lambda: os.symlink(elsewhere, place)),
+            "a's directory, open to all": owned_by(a, lambda: os.mkdir(place), 0o777),
+        }
+        for name, plant in plants.items():
+            with self.subTest(name):
+                plant()
+                before = os.lstat(place)
+                for script in ("load_shared.py", "show_shared.py"):
+                    status, out, err = self.run_as(a, script, "text")[:3] \
+                        if script == "load_shared.py" else self.run_as(a, script)
+                    self.assertEqual((status, out), (1, b""))
+                    self.assert_one_line(err, place, "refusing")
+                after = os.lstat(place)
+                self.assertEqual((after.st_mode, after.st_uid, after.st_mtime_ns),
+                                 (before.st_mode, before.st_uid, before.st_mtime_ns))
+                self.assertFalse(self.segment_exists())
+                (shutil.rmtree if name.endswith("directory") or name.endswith("all")
+                 else os.unlink)(place)
+
+
 class VerboseTest(ProcessTestCase):
     """--verbose tells each step of the dance as it happens; a wait is never silent."""
 
@@ -826,7 +953,7 @@ class HexViewTest(ProcessTestCase):
         self.assertEqual((status, err), (0, ""))
         lines = out.decode().splitlines()
         self.assertEqual(lines[0], f"segment    /{self.key} = /dev/shm/{self.key}, 24 bytes")
-        self.assertIn(os.path.join(self.tmpdir, f"qshm-{self.key}.lock"), lines[1])
+        self.assertEqual(lines[1], f"lock file  {self.lock_path}")
         self.assertIn(f"pid {loader.pid}, alive", lines[2])
         self.assertEqual(lines[3], "count      00000014 = 20 bytes = 10 UTF-16 code units")
         self.assertEqual(lines[4], "00000004  0047 0072 00fc 00df 0065 0020 d83d de00  Grüße 😀")
