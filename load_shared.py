@@ -151,9 +151,10 @@ def load(lock_file, qt_lock, kind, text, old_segment, stop_fd):
                 kind.remove()
             try:
                 segment = kind.make(size)  # which attaches, as Qt's create() does
-            except FileExistsError:
-                raise Failure(f"{kind.name} was made meanwhile by another program") from None
             except OSError as error:
+                lock_file.write_logbook("")  # no segment of ours: nothing to remove later
+                if isinstance(error, FileExistsError):
+                    raise Failure(f"{kind.name} was made meanwhile by another program") from None
                 raise Failure(f"cannot make a {size}-byte segment {kind.name}: "
                               f"{error.strerror}") from None
             segment.buf[:len(prefix)] = prefix

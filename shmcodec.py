@@ -820,7 +820,8 @@ class LockFile:
         """Return the Logbook (pid, state, kind tag) in the file, or None if it is empty."""
         words = os.pread(self.fd, 64, 0).decode("ascii", "replace").split()
         if len(words) >= 2 and words[0].isdigit():
-            return Logbook(int(words[0]), words[1], words[2] if len(words) > 2 else Posix.tag)
+            kind = words[2] if len(words) > 2 and words[2] in KINDS else Posix.tag
+            return Logbook(int(words[0]), words[1], kind)
         return None
 
     def write_logbook(self, state, kind=None):
