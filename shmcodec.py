@@ -433,8 +433,8 @@ class SystemV:
     def make(self, size):
         """Create and attach the segment, as Qt's create(): FileExistsError if it exists."""
         segment = AttachedSegment(self.shmid(size, 0o600 | IPC_CREAT | IPC_EXCL), readonly=False)
-        tell(f"create({size})", f"shmget(IPC_CREAT|IPC_EXCL) + shmat: shmid {segment.shmid}, "
-                                f"IPC key 0x{self.ipc_key:08x} = ftok({os.path.basename(self.key_file)}, 'Q')")
+        tell(f"create({size})", f"shmget(IPC_CREAT|IPC_EXCL) + shmat: shmid {segment.shmid}, IPC "
+             f"key 0x{self.ipc_key:08x} = ftok({os.path.basename(self.key_file)}, 'Q')")
         return segment
 
     def attach(self):
@@ -768,7 +768,8 @@ class LockFile:
             raise FileNotFoundError(f"no lock file {self.path}") from None
         except OSError as error:
             if os.path.islink(self.path):
-                raise LockFileError(f"lock file {self.path} is a symlink; refusing to follow it")
+                raise LockFileError(f"lock file {self.path} is a symlink; "
+                                    "refusing to follow it") from None
             raise LockFileError(f"cannot open lock file {self.path}: {error.strerror}") from None
         info = os.fstat(fd)
         problem = ("is not a regular file" if not stat.S_ISREG(info.st_mode) else

@@ -6,6 +6,7 @@ Every cross-process test uses its own random key and its own TMPDIR (so its own 
 file), and removes its segment, lock file and processes even when it fails.
 """
 
+import functools
 import importlib.util
 import json
 import os
@@ -830,6 +831,24 @@ class TwoUsersTest(ProcessTestCase):
                     self.assertEqual(self.finish(loader)[0], 0)
                     self.assert_nothing_left()
 
+    def test_another_users_qt_lock_alone_is_refused_too(self):
+        a, b = self.users
+        for sysv, kind in (((), "Posix"), (("--sysv",), "SystemV")):
+            with self.subTest(kind):
+                # A program of a's made Qt's lock for the key, and died without removing it.
+                code = f"import shmcodec; shmcodec.{kind}({self.key!r}).open_qt_lock(create=True)"
+                maker = subprocess.Popen(
+                    ["setpriv", f"--reuid={a.pw_uid}", f"--regid={a.pw_gid}", "--init-groups",
+                     self.python, "-c", code], env=self.env, cwd=self.scripts)
+                self.processes.append(maker)
+                self.assertEqual(maker.wait(TIMEOUT), 0)
+                status, out, err = self.run_as(b, "load_shared.py", *sysv, "--replace", "mine")
+                self.assertEqual((status, out), (1, b""))
+                self.assert_one_line(err, "Qt's lock", f"belongs to user {a.pw_name}")
+                theirs = shmcodec_in(self.tmpdir, functools.partial(getattr(shmcodec, kind),
+                                                                   self.key))
+                self.assertEqual([uid for what, uid in theirs.owners()], [a.pw_uid])  # untouched
+
     def test_a_planted_lock_directory_is_refused_and_left_alone(self):
         a, b = self.users
         place = os.path.join(self.tmpdir, f"qshm-{a.pw_uid}")  # where a keeps lock files
@@ -1031,7 +1050,8 @@ class SystemVTest(ProcessTestCase):
                     shmcodec.qt_key_file("systemsem", "MySharedMemory")))
                 self.assertEqual(names, (f"{where}/qipc_sharedmemory_MySharedMemory{digest}",
                                          f"{where}/qipc_systemsem_MySharedMemory{digest}"))
-        self.assertRegex(shmcodec.qt_key_file("sharedmemory", "a-b_1"), r"/qipc_sharedmemory_ab[0-9a-f]{40}$")
+        self.assertRegex(shmcodec.qt_key_file("sharedmemory", "a-b_1"),
+                         r"/qipc_sharedmemory_ab[0-9a-f]{40}$")  # letters only, then the sha1
 
     def test_round_trip_and_nothing_left(self):
         for text in ("hello", "Grüße 😀", "two\nlines", ""):
