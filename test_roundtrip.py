@@ -232,13 +232,14 @@ class ProcessTestCase(unittest.TestCase):
         self.processes.append(process)
         return process
 
-    def wait_line(self, process, timeout=TIMEOUT):
-        """The next line on process's stdout, or a failure if none comes in time."""
+    def wait_line(self, process, timeout=TIMEOUT, stderr=False):
+        """The next line on process's stdout (or stderr), or a failure if none comes in time."""
+        stream = process.stderr if stderr else process.stdout
         line = b""
         deadline = time.monotonic() + timeout
         while not line.endswith(b"\n"):
-            ready, _, _ = select.select([process.stdout], [], [], deadline - time.monotonic())
-            chunk = os.read(process.stdout.fileno(), 1) if ready else b""
+            ready, _, _ = select.select([stream], [], [], deadline - time.monotonic())
+            chunk = os.read(stream.fileno(), 1) if ready else b""
             if not chunk:
                 self.fail(f"no line from {process.args}; exit {process.poll()}, stderr: "
                           f"{process.stderr.read().decode() if process.poll() is not None else ''}")
@@ -949,7 +950,7 @@ class VerboseTest(ProcessTestCase):
                 loader.stdin.write(b"second\n")
                 loader.stdin.flush()
                 started = time.monotonic()
-                said = loader.stderr.readline().decode()
+                said = self.wait_line(loader, stderr=True)
                 self.assertLess(time.monotonic() - started, 5)
                 self.assertIn(f"waiting for the lock on key {self.key!r}", said)
                 self.assertIn(f"held by show_shared.py (pid {viewer.pid})", said)
@@ -1315,7 +1316,7 @@ class QtPeerTests:
                 self.assertEqual(self.wait_line(holder), "locked\n")
                 viewer = self.start(script=VIEWER)
                 self.assertTrue(self.still_running(viewer), "the viewer did not wait")
-                said = viewer.stderr.readline().decode()  # after a second: a wait is said
+                said = self.wait_line(viewer, stderr=True)  # after a second: a wait is said
                 self.assertIn(f"waiting for Qt's lock on {self.kind(key_kind).name}", said)
                 if key_kind == "legacy":  # System V tells who changed the semaphore last
                     self.assertIn(f"(pid {holder.pid})", said)
@@ -1323,7 +1324,7 @@ class QtPeerTests:
                 loader.stdin.flush()
                 self.assertTrue(self.still_running(loader), "the loader did not wait")
                 self.assertIn(f"held by show_shared.py (pid {viewer.pid})",
-                              loader.stderr.readline().decode())
+                              self.wait_line(loader, stderr=True))
                 holder.stdin.write(b"unlock\n")
                 holder.stdin.flush()
                 self.assertEqual(self.finish(viewer)[:2], (0, b"first\n"))
