@@ -26,6 +26,7 @@ import collections
 import ctypes
 import errno
 import fcntl
+import hashlib  # already loaded by multiprocessing.shared_memory: free here
 import os
 import stat
 import sys
@@ -368,7 +369,6 @@ def qt_key_file(kind, key):
     kind is "sharedmemory" for the segment and "systemsem" for its semaphore. Qt puts it
     in QDir::tempPath(): $TMPDIR, else /tmp.
     """
-    import hashlib  # only the System V kind needs it
     letters = "".join(char for char in key if char.isascii() and char.isalpha())
     digest = hashlib.sha1(key.encode()).hexdigest()
     return os.path.join(os.path.normpath(os.environ.get("TMPDIR") or "/tmp"),
@@ -420,8 +420,8 @@ class SystemV:
 
     def shmid(self, size=0, flags=0):
         """shmget(): the id of the segment under our IPC key (FileNotFoundError if none)."""
-        self.ipc_key = ipc_key(self.key_file, create=flags & IPC_CREAT)
-        return c_call(libc.shmget(self.ipc_key, size, flags), self.name)
+        return c_call(libc.shmget(ipc_key(self.key_file, create=flags & IPC_CREAT),
+                                  size, flags), self.name)
 
     def exists(self):
         try:
@@ -433,8 +433,8 @@ class SystemV:
     def make(self, size):
         """Create and attach the segment, as Qt's create(): FileExistsError if it exists."""
         segment = AttachedSegment(self.shmid(size, 0o600 | IPC_CREAT | IPC_EXCL), readonly=False)
-        tell(f"create({size})", f"shmget(IPC_CREAT|IPC_EXCL) + shmat: shmid {segment.shmid}, IPC "
-             f"key 0x{self.ipc_key:08x} = ftok({os.path.basename(self.key_file)}, 'Q')")
+        tell(f"create({size})", f"shmget(ftok({os.path.basename(self.key_file)}, 'Q'), "
+                                f"IPC_CREAT|IPC_EXCL) + shmat: shmid {segment.shmid}")
         return segment
 
     def attach(self):
@@ -732,7 +732,6 @@ def lock_path(key, create=False):
     folder = lock_dir(create)
     name = f"qshm-{key}.lock"
     if len(name) > 255:  # a key near the limit: keep the file name legal, and unique
-        import hashlib
         name = f"qshm-{key[:200]}-{hashlib.sha1(key.encode()).hexdigest()}.lock"
     return folder and os.path.join(folder, name)
 

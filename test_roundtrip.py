@@ -172,6 +172,11 @@ class ProcessTestCase(unittest.TestCase):
             remove_system_v(table, ident)
         shutil.rmtree(self.tmpdir)
 
+    def segment_kind(self, sysv):
+        """shmcodec's Posix or SystemV for our key, with Qt's key files in our TMPDIR."""
+        return shmcodec_in(self.tmpdir, lambda: shmcodec.SystemV(self.key)) if sysv \
+            else shmcodec.Posix(self.key)
+
     def system_v_left(self):
         """System V segments and semaphore sets made since the test began, by its processes.
 
@@ -936,9 +941,7 @@ class VerboseTest(ProcessTestCase):
                 loader.stdin.flush()
                 self.assertRegex(self.wait_line(loader), "^Loaded ")
                 # Hold Qt's lock, so that a viewer stops with our shared lock held...
-                kind = shmcodec_in(self.tmpdir, lambda: shmcodec.SystemV(self.key)) if sysv \
-                    else shmcodec.Posix(self.key)
-                qt_lock = kind.open_qt_lock()
+                qt_lock = self.segment_kind(sysv).open_qt_lock()
                 self.addCleanup(qt_lock.close)
                 qt_lock.acquire(give_up=lambda: False)
                 viewer = self.start(script=VIEWER)
@@ -1039,7 +1042,7 @@ class SystemVTest(ProcessTestCase):
             self.skipTest("System V segments are used on 64-bit Linux only")
 
     def system_v(self):
-        return shmcodec_in(self.tmpdir, lambda: shmcodec.SystemV(self.key))
+        return self.segment_kind(sysv=True)
 
     def test_key_files_are_qts(self):
         # Read off Qt 5.15 and Qt 6.12 (../shared/reference/qt-facts.md).
@@ -1282,8 +1285,7 @@ class QtPeerTests:
         return loader
 
     def kind(self, key_kind):
-        return shmcodec_in(self.tmpdir, lambda: shmcodec.SystemV(self.key)) \
-            if key_kind == "legacy" else shmcodec.Posix(self.key)
+        return self.segment_kind(sysv=key_kind == "legacy")
 
     def test_qt_writes_we_show(self):
         for key_kind in self.key_kinds:
