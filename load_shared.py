@@ -47,26 +47,30 @@ def main():
     key, text, replace, kind = read_command_line()
     lock_file = qt_lock = segment = None
     try:
-        if text == "-":
+        if text is shmcodec.STDIN:
             text = read_stdin()  # before we own anything: a Ctrl-C here just ends us
         # 1. The key's lock file, which show_shared.py (and any other loader) opens too.
         lock_file = shmcodec.LockFile(key)
-        # 2. From here on, Ctrl-C and kill are noted, and acted on when we next wait.
-        stop_fd = watch_stop_signals()
-        # 3. Own the key: one loader at a time, and clear away what a crashed one left.
+        # 2. From here on, Ctrl-C and kill are noted, never cut a step in half, and end
+        #    every wait (see watch_stop_signals).
+        watch_stop_signals()
+        # 3. Own the key: one loader at a time, and clear away what a dead one left.
         become_owner(lock_file, kind, replace)
         # 4. Qt's lock for this kind of segment, made afresh as Qt's create() makes it.
         qt_lock = kind.open_qt_lock(create=True)
         # 5. Load the text (each line typed replaces it), 6. and hold it until told to stop.
         if text is None:
-            for line in lines_until_stopped(kind, stop_fd):
-                segment = load(lock_file, qt_lock, kind, line, segment, stop_fd)
+            for line in lines_until_stopped(kind, qt_lock):
+                segment = load(lock_file, qt_lock, kind, line, segment)
         else:
-            segment = load(lock_file, qt_lock, kind, text, segment, stop_fd)
+            segment = load(lock_file, qt_lock, kind, text, segment)
             say(f"holding {kind.name} until Ctrl-C, SIGTERM or SIGHUP")
-            select.select([stop_fd], [], [])  # wait for a stop signal
+            wait_for_input_or_stop(qt_lock, stdin=False)
     except (Failure, OSError) as failure:
         say(f"load_shared.py: {shmcodec.one_line(failure)}")
+        return 1
+    except MemoryError:
+        say("load_shared.py: not enough memory for the text")
         return 1
     finally:
         # 7. Release: remove our segment and Qt's lock, whichever way we leave.
@@ -79,23 +83,27 @@ def become_owner(lock_file, kind, replace):
     """Take the key's OWNER_LOCK for good, and clear away what a dead loader left."""
     # DATA_LOCK first: show_shared.py probes OWNER_LOCK only under DATA_LOCK, so a probe
     # can never make us believe another loader is alive.
-    lock_file.lock(DATA_LOCK, exclusive=True, step="own the key")
+    if not lock_file.lock(DATA_LOCK, exclusive=True, step="own the key", give_up=stopped):
+        raise Failure(f"stopped while waiting for the lock on key {kind.key!r}; "
+                      "nothing was loaded")
     try:
         logbook = lock_file.read_logbook()
         if not lock_file.lock(OWNER_LOCK, exclusive=True, step="own the key", wait=False):
             pid = f" (pid {logbook.pid})" if logbook else ""
             raise Failure(f"another load_shared.py{pid} holds key {kind.key!r}; stop it first")
-        theirs = shmcodec.other_users(kind)
-        if theirs:  # not even --replace touches another user's segment or lock
-            raise Failure(f"{theirs[0]}; use another --key")
+        # Not even --replace, nor root, touches what another user has under this key, of
+        # either kind: a segment, Qt's lock or Qt's key files.
+        theirs = shmcodec.other_users(shmcodec.kinds_here(kind.key))
+        if theirs:
+            raise Failure(f"{shmcodec.whose(theirs[0])}: only they or root may remove it "
+                          f"(root: {theirs[0].removal}); use another --key")
         if logbook:  # the OWNER_LOCK was free: the loader that wrote this is gone
             left = shmcodec.KINDS[logbook.kind](kind.key)  # of either kind
             if left.exists():
                 say(f"replacing {left.name}, left behind by load_shared.py "
                     f"(pid {logbook.pid}), which is gone")
                 left.remove()
-            if logbook.state == "writing":  # it died holding Qt's lock as well
-                wake_waiters_of(left)
+            clear_qt_lock_of(left, held=logbook.state == "writing", reused=left.tag == kind.tag)
         if kind.exists():
             users = kind.users()  # processes attached, or None where the system cannot tell
             if users == 0:
@@ -116,17 +124,20 @@ def become_owner(lock_file, kind, replace):
         lock_file.unlock(DATA_LOCK, step="own the key")
 
 
-def wake_waiters_of(kind):
-    """Give back Qt's lock that a dead loader held, so that nobody waits on it for ever."""
+def clear_qt_lock_of(left, held, reused):
+    """A dead loader's Qt lock: give it back if the loader died holding it, so that whoever
+    waits on it (a Qt program) goes on; remove it if we will not use that kind."""
     try:
-        stuck = kind.open_qt_lock()
+        stuck = left.open_qt_lock()
     except FileNotFoundError:
         return
-    stuck.wake_waiters()
+    if held:  # the logbook says it may have: give it back if no living process holds it
+        stuck.give_back_if_abandoned(looks=1)
+    stuck.made = not reused  # our own open_qt_lock(create=True) replaces one of our kind
     stuck.close()
 
 
-def load(lock_file, qt_lock, kind, text, old_segment, stop_fd):
+def load(lock_file, qt_lock, kind, text, old_segment):
     """Write text into a new segment, under both locks: QSharedMemory::create() + memcpy.
 
     Returns the new segment, which we stay attached to while we hold the text.
@@ -135,20 +146,23 @@ def load(lock_file, qt_lock, kind, text, old_segment, stop_fd):
     prefix, payload = shmcodec.qstring_parts(text)
     size = len(prefix) + len(payload)
     tell("QDataStream << text", f"{size} bytes: a {len(prefix)}-byte count, then UTF-16BE")
-    lock_file.lock(DATA_LOCK, exclusive=True, step="lock(), our half")  # ours first,
+    not_loaded = "; the text was not loaded"
+    if not lock_file.lock(DATA_LOCK, exclusive=True, step="lock(), our half",  # ours first,
+                          give_up=stopped):
+        raise Failure(f"stopped while waiting for the lock on key {kind.key!r}{not_loaded}")
     try:
-        if not qt_lock.acquire(give_up=lambda: stop_requested(stop_fd)):  # then Qt's
-            raise Failure(f"stopped while waiting for Qt's lock on {kind.name}; "
-                          "the text was not loaded")
+        if not qt_lock.acquire(give_up=stopped):  # then Qt's
+            raise Failure(f"stopped while waiting for Qt's lock on {kind.name}{not_loaded}")
         try:
-            # The logbook says "writing" before the segment exists and "loaded" once it is
-            # whole, so a crash at any point leaves a state that the next run can read.
+            # The logbook says "writing" from before the segment exists until Qt's lock is
+            # given back, and "loaded" after: a crash at any point leaves a state that the
+            # next run can read, and tells it whether the dead loader held Qt's lock.
             lock_file.write_logbook("writing", kind)
             if old_segment:
                 # A segment has a fixed size, so a new text needs a new segment, and the
                 # old one goes.
                 kind.detach(old_segment)
-                kind.remove()
+                kind.remove(old_segment)
             try:
                 segment = kind.make(size)  # which attaches, as Qt's create() does
             except OSError as error:
@@ -156,13 +170,13 @@ def load(lock_file, qt_lock, kind, text, old_segment, stop_fd):
                 if isinstance(error, FileExistsError):
                     raise Failure(f"{kind.name} was made meanwhile by another program") from None
                 raise Failure(f"cannot make a {size}-byte segment {kind.name}: "
-                              f"{error.strerror}") from None
+                              f"{shmcodec.one_line(error)}") from None
             segment.buf[:len(prefix)] = prefix
             segment.buf[len(prefix):size] = payload
             tell("memcpy(to, from, size)", f"{size} bytes into {kind.name}")
-            lock_file.write_logbook("loaded", kind)
         finally:
             qt_lock.release()
+        lock_file.write_logbook("loaded", kind)
     finally:
         lock_file.unlock(DATA_LOCK, step="unlock(), our half")
     report(f"Loaded {size} bytes into {kind.name}")
@@ -170,26 +184,36 @@ def load(lock_file, qt_lock, kind, text, old_segment, stop_fd):
 
 
 def release(lock_file, kind, segment, qt_lock):
-    """Detach; remove the segment if the logbook says it is ours; remove Qt's lock."""
-    lock_file.lock(DATA_LOCK, exclusive=True, step="release")
+    """Detach; remove the segment if the logbook says it is ours; remove Qt's lock.
+
+    Under DATA_LOCK, unless a viewer holds it and we were told to stop: a viewer keeps
+    its own mapping of what we remove, so we need not wait for it.
+    """
+    locked = lock_file.lock(DATA_LOCK, exclusive=True, step="release", give_up=stopped)
     if segment:
         kind.detach(segment)
     logbook = lock_file.read_logbook()
     if logbook and logbook.pid == os.getpid():
-        kind.remove()
+        kind.remove(segment)
         lock_file.write_logbook("")
     if qt_lock:
         qt_lock.close()  # its maker removes Qt's semaphore (and key file), as Qt does
-    lock_file.unlock(DATA_LOCK, step="release")
+    if locked:
+        lock_file.unlock(DATA_LOCK, step="release")
 
 
 def read_command_line():
-    key, options, operands = shmcodec.parse_command_line(__doc__, ["--replace", "--sysv"], 1)
+    key, options, operands = shmcodec.parse_command_line(
+        __doc__, flags=["--replace", "--sysv"], most_operands=1)
     text = operands[0] if operands else None
-    if text is not None and text != "-" and not is_utf8(text):
+    if isinstance(text, str) and not is_utf8(text):
         shmcodec.usage_error("TEXT is not valid UTF-8")
-    if "--sysv" in options and not shmcodec.SYSTEM_V_HERE:
-        shmcodec.usage_error("--sysv: Qt's System V segments are supported on 64-bit Linux only")
+    if "--sysv" in options:
+        if not shmcodec.SYSTEM_V_HERE:
+            shmcodec.usage_error("--sysv: Qt's System V segments are supported on 64-bit "
+                                 "Linux only")
+        if shmcodec.system_v_key_problem(key):
+            shmcodec.usage_error(shmcodec.system_v_key_problem(key))
     kind = shmcodec.SystemV(key) if "--sysv" in options else shmcodec.Posix(key)
     return key, text, options.get("--replace", False), kind
 
@@ -210,42 +234,61 @@ def read_stdin():
         raise Failure(f"standard input is not valid UTF-8 (byte {error.start})") from None
 
 
+stop_fd = None  # the self-pipe's read end, once watch_stop_signals() has made it
+
+
 def watch_stop_signals():
     """Make Ctrl-C, SIGTERM and SIGHUP wake us where we wait, instead of stopping us mid-step.
 
-    The self-pipe trick: a signal's only effect is a byte written to a pipe. We notice it
-    when we next wait for input, so it never cuts a write or the release in half.
-    Returns the pipe's read end, readable once a stop signal has come.
+    The self-pipe trick: a signal's only effect is a byte written to a pipe. Every wait of
+    ours watches that pipe (select, or stopped() between tries), so a stop ends a wait at
+    once, but never cuts a write or the release in half.
     """
-    read_end, write_end = os.pipe()
+    global stop_fd
+    stop_fd, write_end = os.pipe()
     os.set_blocking(write_end, False)
     signal.set_wakeup_fd(write_end)
     for each in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(each, lambda signum, frame: None)  # the byte in the pipe is enough
-    return read_end
 
 
-def stop_requested(stop_fd):
-    """True once a stop signal has come (its byte waits in the pipe)."""
-    return bool(select.select([stop_fd], [], [], 0)[0])
+def stopped():
+    """True once a stop signal has come (its byte waits in the pipe), or before we watch."""
+    return stop_fd is None or bool(select.select([stop_fd], [], [], 0)[0])
 
 
-def lines_until_stopped(kind, stop_fd):
+def wait_for_input_or_stop(qt_lock, stdin):
+    """Wait until a stop signal comes or (with stdin) input does; return True for input.
+
+    Meanwhile, once a second, give Qt's lock back if a process died holding it, so that
+    a Qt program never waits on a dead one while we idle.
+    """
+    while True:
+        ready, _, _ = select.select([stop_fd, 0] if stdin else [stop_fd], [], [], 1)
+        if stop_fd in ready:
+            return False
+        if ready:
+            return True
+        qt_lock.give_back_if_abandoned()
+
+
+def lines_until_stopped(kind, qt_lock):
     """Yield each line read from stdin (each is a new text, like clicking Load again)
     until the end of input or a stop signal."""
     interactive = os.isatty(0)
-    unfinished = b""
+    unfinished = bytearray()  # a line's start, until its newline comes
     while True:
         if interactive:
             say(f"Text for {kind.name} (Ctrl-D quits): ", end="")
-        ready, _, _ = select.select([0, stop_fd], [], [])
-        if stop_fd in ready:
+        if not wait_for_input_or_stop(qt_lock, stdin=True):
             break
-        chunk = os.read(0, 1 << 16)
-        if chunk:
-            *lines, unfinished = (unfinished + chunk).split(b"\n")
-        else:  # end of input; a last line without "\n" counts too
-            lines, unfinished = [unfinished] if unfinished else [], b""
+        chunk = os.read(0, 1 << 20)
+        unfinished += chunk
+        if b"\n" in chunk:  # look for lines in the new bytes only: linear in a long line
+            *lines, rest = unfinished.split(b"\n")
+            unfinished = bytearray(rest)
+        else:  # at the end of input, a last line without "\n" counts too
+            lines = [unfinished] if unfinished and not chunk else []
         for line in lines:
             try:
                 yield line.decode("utf-8")

@@ -27,6 +27,7 @@ import ctypes
 import errno
 import fcntl
 import hashlib  # already loaded by multiprocessing.shared_memory: free here
+import mmap  # likewise
 import os
 import stat
 import sys
@@ -130,13 +131,34 @@ def key_problem(key):
     return None
 
 
-def parse_command_line(usage, flags=(), most_operands=0):
+# Qt's System V key file name is "qipc_sharedmemory_", the key's letters and a 40-digit
+# sha1: one file name of at most 255 bytes, so a System V key has at most 197 letters.
+MAX_SYSTEM_V_LETTERS = 255 - len("qipc_sharedmemory_") - 40
+
+
+def system_v_key_problem(key):
+    """Return why key cannot name a Qt System V segment, or None if it can."""
+    if len(key_letters(key)) > MAX_SYSTEM_V_LETTERS:
+        return (f"--sysv: key has {len(key_letters(key))} letters; Qt's key file name "
+                f"allows {MAX_SYSTEM_V_LETTERS}")
+    return None
+
+
+def key_letters(key):
+    return "".join(char for char in key if char.isascii() and char.isalpha())
+
+
+STDIN = object()  # the operand "-": read standard input (a "-" after "--" is plain text)
+
+
+def parse_command_line(usage, flags=(), valued=(), most_operands=0):
     """Read sys.argv: return (key, options, operands). A small getopt for our small commands.
 
     argparse would do the same, but importing and setting it up costs more time than all
     the rest that these scripts do. "--key KEY" (or --key=KEY) and --verbose are understood
-    by both scripts; each name in flags is True when given, or its value when given as
-    --NAME=VALUE.
+    by both scripts. Each name in flags is True when given (a value is a usage error); each
+    name in valued is True, or its value when given as --NAME=VALUE. A lone "-" is STDIN,
+    unless it follows "--", which makes what follows plain operands.
     -h/--help prints usage and exits 0; a bad command line exits 2.
     """
     global verbose
@@ -147,20 +169,26 @@ def parse_command_line(usage, flags=(), most_operands=0):
         if arg in ("-h", "--help"):
             print(usage, end="")
             sys.exit(0)
-        elif arg == "--":  # what follows is an operand, even if it starts with "-"
+        elif arg == "--":  # what follows is an operand, even "-" or one starting with "-"
             operands.extend(args)
-        elif arg == "--verbose":
+        elif name == "--verbose":
+            if equals:
+                usage_error(f"{name} takes no value")
             verbose = True
         elif name == "--key":
             key = value if equals else next(args, None)
             if key is None:
                 usage_error("--key needs a KEY")
         elif name in flags:
+            if equals:
+                usage_error(f"{name} takes no value")
+            options[name] = True
+        elif name in valued:
             options[name] = value if equals else True
         elif arg.startswith("-") and arg != "-":
             usage_error(f"unknown option {arg}")
         else:
-            operands.append(arg)
+            operands.append(STDIN if arg == "-" else arg)
     if len(operands) > most_operands:
         usage_error(f"unexpected argument {operands[most_operands]!r}")
     problem = key_problem(key)
@@ -245,7 +273,8 @@ class Posix:
 
     def exists(self):
         try:
-            os.close(_posixshmem.shm_open(self.name, os.O_RDONLY))
+            # O_NONBLOCK: opening a FIFO planted there must not hang us.
+            os.close(_posixshmem.shm_open(self.name, os.O_RDONLY | os.O_NONBLOCK))
         except FileNotFoundError:
             return False
         except PermissionError:  # there, but another user's
@@ -269,16 +298,21 @@ class Posix:
         return segment
 
     def attach(self):
-        """Map the existing segment: FileNotFoundError if there is none."""
-        segment = SharedMemory(self.key, **_UNTRACKED)
-        tell("attach()", f"shm_open + mmap: {self.name}, {segment.size} bytes")
+        """Map the existing segment read-only: FileNotFoundError if there is none.
+
+        Not with SharedMemory(name): when its mmap fails (a memory limit, say), it unlinks
+        the segment, so a failed reader would destroy the loader's text (CPython issue
+        153279). A reader here can change nothing: it maps the pages read-only.
+        """
+        segment = ReadOnlySegment(self.name)
+        tell("attach()", f"shm_open(O_RDONLY) + mmap: {self.name}, {segment.size} bytes")
         return segment
 
     def detach(self, segment):
         segment.close()
         tell("detach()", f"munmap: {self.name}")
 
-    def remove(self):
+    def remove(self, segment=None):
         """Remove the name, if it is there; whoever mapped it keeps the memory until closing it.
 
         SharedMemory.unlink() needs the segment mapped first, which fails for a 0-byte
@@ -295,13 +329,13 @@ class Posix:
         return None
 
     def owners(self):
-        """[(what, uid)] of the segment and Qt's semaphore for it, where they exist: on
-        Linux they are files in /dev/shm, which anyone may stat."""
+        """[Owned] for the segment and Qt's semaphore for it, where they exist: on Linux
+        they are files in /dev/shm, which anyone may lstat (never following a symlink)."""
         found = []
         for what, path in ((f"segment {self.name}", f"/dev/shm/{self.key}"),
                            (f"Qt's lock {self.name}", f"/dev/shm/sem.{self.key}")):
             try:
-                found.append((what, os.stat(path).st_uid))
+                found.append(Owned(what, os.lstat(path).st_uid, f"rm {path}", ""))
             except OSError:
                 pass
         return found
@@ -312,6 +346,34 @@ class Posix:
     def describe(self, size):
         where = f" = /dev/shm/{self.key}" if sys.platform.startswith("linux") else ""
         return [("segment", f"{self.name}{where}, {size} bytes")]
+
+
+class ReadOnlySegment:
+    """A POSIX segment mapped read-only: .buf and .size, as SharedMemory has, and close()."""
+
+    def __init__(self, name):
+        fd = _posixshmem.shm_open(name, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO: no hang
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(f"{name} is not a shared-memory segment (a FIFO or device "
+                              "stands in its place); leaving it alone")
+            self.size = info.st_size
+            # mmap cannot map 0 bytes: a 0-byte segment reads as no bytes.
+            self._map = mmap.mmap(fd, self.size, prot=mmap.PROT_READ) if self.size else b""
+        finally:
+            os.close(fd)
+        self.buf = memoryview(self._map)
+
+    def close(self):
+        self.buf.release()
+        if self._map:
+            self._map.close()
+
+
+Owned = collections.namedtuple("Owned", "what uid removal note")
+# what: "segment /KEY", ...; uid: its owner; removal: the command that removes it (for
+# root); note: what more can be told, such as that nobody is attached to it.
 
 
 # System V through ctypes: the C library's functions, as the article's Qt program calls them.
@@ -369,30 +431,53 @@ def qt_key_file(kind, key):
     kind is "sharedmemory" for the segment and "systemsem" for its semaphore. Qt puts it
     in QDir::tempPath(): $TMPDIR, else /tmp.
     """
-    letters = "".join(char for char in key if char.isascii() and char.isalpha())
     digest = hashlib.sha1(key.encode()).hexdigest()
     return os.path.join(os.path.normpath(os.environ.get("TMPDIR") or "/tmp"),
-                        f"qipc_{kind}_{letters}{digest}")
+                        f"qipc_{kind}_{key_letters(key)}{digest}")
 
 
 def ipc_key(key_file, create):
     """ftok(key_file, 'Q'): the number the kernel knows the segment or semaphore by.
 
-    ftok() reads the file's inode, so the file must exist: with create, make it as Qt
-    does (mode 0640, never truncating one that is there).
+    ftok() reads the file's inode, so the file must exist: with create, make it as Qt does
+    (mode 0640). The temporary directory is everyone's, so a key file may be a trap: one
+    that is a symlink, not a regular file, or another user's is never used to make
+    anything (a symlink is not even followed to look). Returns (IPC key, the inode we
+    made, or None).
     """
+    made = None
     if create:
         try:
-            os.close(os.open(key_file, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o640))
+            fd = os.open(key_file, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW, 0o640)
+            made = os.fstat(fd).st_ino
+            os.close(fd)
         except FileExistsError:
             pass
-    return c_call(libc.ftok(os.fsencode(key_file), QT_FTOK_ID), key_file)
+    info = os.lstat(key_file)  # FileNotFoundError if there is none
+    if stat.S_ISLNK(info.st_mode) and not create:
+        raise FileNotFoundError(errno.ENOENT, "a symlink, not followed", key_file)
+    problem = ("is a symlink" if stat.S_ISLNK(info.st_mode) else
+               "is not a regular file" if not stat.S_ISREG(info.st_mode) else
+               f"belongs to user {user_name(info.st_uid)}"
+               if create and info.st_uid != os.geteuid() else None)
+    if problem:
+        raise KeyFileError(f"Qt's key file {key_file} {problem}; refusing to use it")
+    return c_call(libc.ftok(os.fsencode(key_file), QT_FTOK_ID), key_file), made
 
 
-def remove_file(path):
+class KeyFileError(OSError):
+    """A Qt key file that we must not use."""
+
+
+def remove_key_file(path, made=None):
+    """Unlink Qt's key file if it is a regular file of ours and, given made, still the
+    inode we made: never a symlink, nor a file that someone put in its place."""
     try:
-        os.unlink(path)
-    except (FileNotFoundError, PermissionError):  # gone, or another user's to remove
+        info = os.lstat(path)
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and \
+                made in (None, info.st_ino):
+            os.unlink(path)
+    except OSError:
         pass
 
 
@@ -417,13 +502,15 @@ class SystemV:
         self.name = f"{key} (System V)"
         self.key_file = qt_key_file("sharedmemory", key)
         self.lock_key_file = qt_key_file("systemsem", key)
+        self.made_key_file = None  # the inode of the key file that this process made
 
-    def shmid(self, size=0, flags=0):
+    def shmid(self):
         """shmget(): the id of the segment under our IPC key (FileNotFoundError if none)."""
-        return c_call(libc.shmget(ipc_key(self.key_file, create=flags & IPC_CREAT),
-                                  size, flags), self.name)
+        return c_call(libc.shmget(ipc_key(self.key_file, create=False)[0], 0, 0), self.name)
 
     def exists(self):
+        if system_v_key_problem(self.key):  # no key file can have such a name
+            return False
         try:
             self.shmid()
         except FileNotFoundError:  # no key file, or no segment under its key
@@ -431,57 +518,70 @@ class SystemV:
         return True
 
     def make(self, size):
-        """Create and attach the segment, as Qt's create(): FileExistsError if it exists."""
-        segment = AttachedSegment(self.shmid(size, 0o600 | IPC_CREAT | IPC_EXCL), readonly=False)
+        """Create and attach the segment, as Qt's create(): FileExistsError if it exists.
+        The loader keeps the id it gets: it never looks its own segment up again."""
+        key, made = ipc_key(self.key_file, create=True)
+        self.made_key_file = self.made_key_file or made
+        shmid = c_call(libc.shmget(key, size, 0o600 | IPC_CREAT | IPC_EXCL), self.name)
+        segment = AttachedSegment(shmid, readonly=False)
         tell(f"create({size})", f"shmget(ftok({os.path.basename(self.key_file)}, 'Q'), "
-                                f"IPC_CREAT|IPC_EXCL) + shmat: shmid {segment.shmid}")
+                                f"IPC_CREAT|IPC_EXCL) + shmat: shmid {shmid}")
         return segment
 
     def attach(self):
         """Attach read-only to the existing segment: FileNotFoundError if there is none."""
         segment = AttachedSegment(self.shmid(), readonly=True)
-        tell("attach()", f"shmget + shmat: shmid {segment.shmid}, {segment.size} bytes")
+        tell("attach()", f"shmget + shmat(SHM_RDONLY): shmid {segment.shmid}, "
+                         f"{segment.size} bytes")
         return segment
 
     def detach(self, segment):
         segment.close()
         tell("detach()", f"shmdt: shmid {segment.shmid}")
 
-    def remove(self):
-        """Remove the segment (IPC_RMID) and Qt's key file, as Qt's last detach() does.
+    def remove(self, segment=None):
+        """Remove the segment (IPC_RMID) and Qt's key file, as Qt's last detach() does: our
+        own by the id we made it with, else the one found under the key.
 
         The key is free at once; processes still attached keep their memory until they
         detach, and then the kernel frees it.
         """
         try:
-            shmid = self.shmid()
+            shmid = segment.shmid if segment else self.shmid()
             c_call(libc.shmctl(shmid, IPC_RMID, None), self.name)
             tell("remove", f"shmctl(IPC_RMID): shmid {shmid}; unlink "
                            f"{os.path.basename(self.key_file)}")
         except FileNotFoundError:
             pass
-        remove_file(self.key_file)
+        remove_key_file(self.key_file, self.made_key_file)
 
     def users(self):
         """How many processes are attached: 0 means nobody holds it (its maker died)."""
         return shm_status(self.shmid()).nattch
 
     def owners(self):
-        """[(what, uid)] of the segment and Qt's semaphore set for it, where they exist, as
-        /proc/sysvipc lists them for anyone (IPC_STAT would need leave to read them)."""
-        found = []
+        """[Owned] for Qt's key files, the segment and Qt's semaphore set, where they
+        exist, as lstat and /proc/sysvipc tell anyone (IPC_STAT would need leave to read)."""
+        found, key_files = [], []  # the segment and the lock first: they matter most
         for what, table, key_file in ((f"segment {self.name}", "shm", self.key_file),
                                       (f"Qt's lock for {self.name}", "sem", self.lock_key_file)):
             try:
-                key = ipc_key(key_file, create=False)
-            except FileNotFoundError:
+                key_files.append(Owned(f"Qt's key file {key_file}", os.lstat(key_file).st_uid,
+                                       f"rm {key_file}", ""))
+                key = ipc_key(key_file, create=False)[0]
+            except OSError:  # none, or a symlink or other file that finds no segment
                 continue
             with open(f"/proc/sysvipc/{table}") as listing:
                 columns = listing.readline().split()  # key shmid perms ... uid gid ...
                 for row in (dict(zip(columns, line.split())) for line in listing):
                     if int(row["key"]) == key:
-                        found.append((what, int(row["uid"])))
-        return found
+                        ident = row.get("shmid") or row["semid"]
+                        nobody = table == "shm" and row["nattch"] == "0"
+                        found.append(Owned(what, int(row["uid"]),
+                                           f"ipcrm -{table[0]} {ident}",
+                                           " and nobody is attached to it (its loader is "
+                                           "gone)" if nobody else ""))
+        return found + key_files
 
     def open_qt_lock(self, create=False):
         return SystemVSemaphore(self.lock_key_file, create, self.name)
@@ -523,20 +623,28 @@ class AttachedSegment:
             self._address = None
 
 
-def other_users(kind):
-    """What of kind (its segment, Qt's lock for it) another user owns: ["segment /KEY
-    belongs to user alice", ...]. None of it is ours to read, replace or remove."""
-    return [f"{what} belongs to user {user_name(uid)}" for what, uid in kind.owners()
-            if uid != os.geteuid()]
+def other_users(kinds):
+    """[Owned]: what of these kinds (segments, Qt's locks and key files) another user owns.
+    None of it is ours to read, replace or remove, root or not."""
+    return [owned for kind in kinds for owned in kind.owners() if owned.uid != os.geteuid()]
+
+
+def whose(owned):
+    """"segment /KEY belongs to user alice", and what more is known of it."""
+    return f"{owned.what} belongs to user {user_name(owned.uid)}{owned.note}"
+
+
+def kinds_here(key):
+    """Both kinds of segment for key, as this system has them: POSIX first."""
+    return [Posix(key), SystemV(key)] if SYSTEM_V_HERE else [Posix(key)]
 
 
 def find_segment(key):
-    """The segment held under key: /KEY first, else Qt's System V one; None if neither."""
-    for kind in (Posix, SystemV) if SYSTEM_V_HERE else (Posix,):
-        found = kind(key)
-        if found.exists():
-            return found
-    return None
+    """The segment held under key: /KEY first, else Qt's System V one, but our own before
+    another user's; None if there is neither."""
+    found = [kind for kind in kinds_here(key) if kind.exists()]
+    ours = [kind for kind in found if not other_users([kind])]
+    return (ours or found or [None])[0]
 
 
 KINDS = {kind.tag: kind for kind in (Posix, SystemV)}
@@ -554,13 +662,15 @@ WAIT_SLICE = 0.1  # seconds
 class PosixSemaphore:
     """Qt's lock for /KEY: the POSIX named semaphore /KEY (/dev/shm/sem.KEY on Linux).
 
-    A named semaphore has no undo: a process that dies holding it leaves it taken.
+    A named semaphore has no undo: a process that dies holding it leaves it taken, and
+    Qt's lock() then waits for ever. So while we wait, we look (Linux) for who may hold
+    it; when no living process can, we give it back (see holders()).
     """
 
     def __init__(self, name, create):
         # create is Qt's create(): a fresh semaphore, an old one unlinked to make way for
         # it. Without create, open the one that is there: FileNotFoundError if none.
-        self.name, self.made = name, create
+        self.name, self.made, self.empty_looks = name, create, 0
         for _ in range(3):  # as Qt: another process may make one again in between
             handle = libc.sem_open(name.encode(), os.O_CREAT | os.O_EXCL if create else 0,
                                    ctypes.c_uint(0o600), ctypes.c_uint(1))
@@ -571,9 +681,14 @@ class PosixSemaphore:
         tell("Qt's lock", f"sem_open(O_CREAT|O_EXCL, value 1): {name}" if create else
              f"sem_open: {name}")
 
-    def acquire(self, give_up):
-        notice = waiting_notice(f"Qt's lock on {self.name}", lambda: "another process, "
-                                "a Qt program's or ours (a POSIX semaphore does not say)")
+    def acquire(self, give_up, exclude=()):
+        """sem_wait, in slices, so that give_up() can end the wait (then return False).
+
+        Once a second, look who may hold the lock: name them after the first second, or
+        give the lock back when twice in a row nobody living can hold it. exclude: pids
+        known not to hold it (our own live loader, while a viewer of ours waits).
+        """
+        holders, next_look, said = None, time.monotonic() + 1, False
         while True:
             if hasattr(libc, "sem_timedwait"):  # Linux; macOS has no timed wait
                 deadline = time.time() + WAIT_SLICE
@@ -588,23 +703,99 @@ class PosixSemaphore:
                 return True
             if ctypes.get_errno() not in (errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR):
                 c_call(-1, f"semaphore {self.name}")
-            notice()
             if give_up():
                 return False
+            if time.monotonic() >= next_look:
+                next_look += 1
+                holders = self.give_back_if_abandoned(exclude)
+                if not said and holders != []:  # nobody: we look once more before saying
+                    warn(f"waiting for Qt's lock on {self.name}, held by " + (
+                        "one of: " + ", ".join(map(process_name, holders)) if holders else
+                        "another process (a POSIX semaphore does not say which)"))
+                    said = True
 
     def release(self):
         c_call(libc.sem_post(self.handle), f"semaphore {self.name}")
         tell("unlock(), Qt's half", f"sem_post: {self.name}")
 
-    def wake_waiters(self):
-        """Give back the lock that a dead holder left taken, for whoever waits on it."""
-        self.release()
+    def taken(self):
+        value = ctypes.c_int()
+        libc.sem_getvalue(ctypes.c_void_p(self.handle), ctypes.byref(value))
+        return value.value <= 0
+
+    def give_back_if_abandoned(self, exclude=(), looks=2):
+        """Give the lock back if it is taken and, looks times in a row (a second apart),
+        no living process can hold it. Two looks, because a holder may quit and another
+        take the lock during one. Returns the holders found (None: cannot tell; []: none)."""
+        holders = semaphore_holders(self.name, exclude) if self.taken() else None
+        self.empty_looks = self.empty_looks + 1 if holders == [] else 0
+        if self.empty_looks >= looks:
+            warn(f"Qt's lock on {self.name} was left taken by a process that died; "
+                 "giving it back")
+            self.release()
+            self.empty_looks = 0
+        return holders
 
     def close(self):
-        libc.sem_close(self.handle)
+        libc.sem_close(ctypes.c_void_p(self.handle))
         if self.made:
             libc.sem_unlink(self.name.encode())
         tell("Qt's lock", f"sem_close{' + sem_unlink' if self.made else ''}: {self.name}")
+
+
+# The futex system call, by which a thread waits on a semaphore, as /proc/PID/syscall
+# numbers it; elsewhere we cannot tell a waiting process from a holding one.
+FUTEX = {"x86_64": 202, "aarch64": 98}.get(os.uname().machine)
+
+
+def semaphore_holders(name, exclude=()):
+    """The living processes that may hold the POSIX semaphore name, or None if Linux's
+    /proc cannot tell.
+
+    Every process that has a named semaphore open maps its file, and /proc/PID/maps lists
+    that mapping by device and inode (under a temporary name "sem.XXXXXX": match the
+    inode, not the name). A process with a thread in futex() on an address inside that
+    mapping only waits for the semaphore. This process, and the pids in exclude, are left
+    out. Another user's processes can be read by root only: their semaphore is 0600, so
+    only they and root can open it.
+    """
+    try:
+        info = os.stat(f"/dev/shm/sem.{name[1:]}")
+    except OSError:
+        return None
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}"
+    inode = str(info.st_ino)
+    holders = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) in exclude or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/maps") as maps:
+                lines = maps.read()
+        except OSError:  # gone, or another user's
+            continue
+        if f" {inode} " not in lines:  # a quick test before splitting the lines
+            continue
+        spans = [[int(end, 16) for end in fields[0].split("-")]
+                 for fields in (line.split(maxsplit=5) for line in lines.splitlines())
+                 if fields[3:5] == [device, inode]]
+        if spans and not waits_on(pid, spans):
+            holders.append(int(pid))
+    return holders
+
+
+def waits_on(pid, spans):
+    """True if a thread of pid waits in futex() on an address inside spans."""
+    try:
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{thread}/syscall") as syscall:
+                call = syscall.read().split()  # "202 0x7f... ..." or "running"
+            if call[0] == str(FUTEX) and any(start <= int(call[1], 16) < end
+                                             for start, end in spans):
+                return True
+    except (OSError, IndexError, ValueError):
+        pass
+    return False
 
 
 class SystemVSemaphore:
@@ -616,13 +807,14 @@ class SystemVSemaphore:
         # create is Qt's create(): make the set (and its key file) if it is not there, and
         # remove it at the end even if another process made it. Without create, use the
         # set that is there: FileNotFoundError if none.
-        self.key_file, self.made, self.name = key_file, create, name
+        self.key_file, self.made, self.name, self.made_key_file = key_file, create, name, None
         self.semid = self.open(create)
         tell("Qt's lock", f"semget{'(IPC_CREAT)' if create else ''}: semid {self.semid}, "
                           f"IPC key = ftok({os.path.basename(key_file)}, 'Q')")
 
     def open(self, create):
-        key = ipc_key(self.key_file, create)
+        key, made = ipc_key(self.key_file, create)
+        self.made_key_file = self.made_key_file or made
         semid = libc.semget(key, 1, 0o600 | IPC_CREAT | IPC_EXCL if create else 0)
         if semid != -1 and create:  # a new set starts at 0: make it a free lock, as Qt does
             c_call(libc.semctl(semid, 0, SETVAL, ctypes.c_int(1)), self.key_file)
@@ -658,19 +850,19 @@ class SystemVSemaphore:
                 if give_up():
                     return False
 
-    def acquire(self, give_up):
+    def acquire(self, give_up, exclude=()):
         return self.change(-1, give_up)
 
     def release(self):
         self.change(+1)
 
-    def wake_waiters(self):
+    def give_back_if_abandoned(self, exclude=(), looks=2):
         """Nothing to do: SEM_UNDO already gave back a dead holder's lock."""
 
     def close(self):
-        if self.made:
+        if self.made:  # by the id we made it with: never looked up again by its key file
             libc.semctl(self.semid, 0, IPC_RMID, ctypes.c_int(0))
-            remove_file(self.key_file)
+            remove_key_file(self.key_file, self.made_key_file)
             tell("Qt's lock", f"semctl(IPC_RMID): semid {self.semid}; unlink "
                               f"{os.path.basename(self.key_file)}")
 
@@ -702,14 +894,13 @@ def lock_dir(create):
     else a private directory of ours in the temporary directory ($TMPDIR, else /tmp),
     made on first use with mode 0700, as tmux and ssh-agent do.
 
-    The temporary directory is everyone's, so what stands there in our directory's place
-    may be a trap: anything that is not a directory of ours, closed to others, is refused.
-    Without create, return None if the directory is not there.
+    Either may be a trap (the temporary directory is everyone's, and the environment may
+    be another user's): anything that is not a directory of ours, closed to others, is
+    refused. Without create, return None if the directory is not there.
     """
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        return os.environ["XDG_RUNTIME_DIR"]
-    path = os.path.join(os.environ.get("TMPDIR") or "/tmp", f"qshm-{os.geteuid()}")
-    if create:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    path = runtime or os.path.join(os.environ.get("TMPDIR") or "/tmp", f"qshm-{os.geteuid()}")
+    if create and not runtime:
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:
@@ -780,11 +971,12 @@ class LockFile:
         self.fd = fd
         tell("our lock file", f"open {self.path}")
 
-    def lock(self, which, exclusive, step=None, wait=True):
-        """Take one of the two byte locks; without wait, return False if someone holds it.
+    def lock(self, which, exclusive, step=None, wait=True, give_up=lambda: False):
+        """Take one of the two byte locks; return False if someone holds it and we may not
+        wait, or give_up() says to stop waiting (a stop signal came).
 
         fcntl has no timed wait, so a wait is a try every 10 ms: that lets us say, after a
-        second, that we wait and for whom, instead of hanging without a word.
+        second, that we wait and for whom, and stop when told, instead of hanging.
         """
         notice = waiting_notice(f"the lock on key {self.key!r} ({self.path})",
                                 lambda: self.holder(which, exclusive))
@@ -794,7 +986,7 @@ class LockFile:
                 fcntl.lockf(self.fd, mode | fcntl.LOCK_NB, 1, which)
                 break
             except (BlockingIOError, PermissionError):  # EAGAIN or EACCES, by platform
-                if not wait:
+                if not wait or give_up():
                     return False
             notice()
             time.sleep(0.01)

@@ -30,6 +30,7 @@ signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 import contextlib  # noqa: E402  (after the lines above, so that Ctrl-C is quiet while importing)
 import sys  # noqa: E402
+import time  # noqa: E402
 
 import shmcodec  # noqa: E402
 from shmcodec import DATA_LOCK, tell  # noqa: E402
@@ -42,7 +43,7 @@ class Failure(Exception):
 
 
 def main():
-    key, options, _ = shmcodec.parse_command_line(__doc__, ["--hex"])
+    key, options, _ = shmcodec.parse_command_line(__doc__, valued=["--hex"])
     hex_rows = options.get("--hex")
     if hex_rows not in (None, True, "all") and not hex_rows.isdigit():
         shmcodec.usage_error(f"--hex={hex_rows}: give a number of rows, or all")
@@ -57,6 +58,9 @@ def main():
                        int(hex_rows))
     except (Failure, OSError) as failure:
         print(f"show_shared.py: {shmcodec.one_line(failure)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("show_shared.py: not enough memory to decode the text", file=sys.stderr)
         return 1
     return 0
 
@@ -88,19 +92,18 @@ def read_segment(key, read):
                 raise Failure(f"load_shared.py (pid {logbook.pid}) died while writing "
                               f"under key {key!r}; there is no whole text to show")
             raise nothing_loaded(key)
-        theirs = shmcodec.other_users(kind)
+        theirs = shmcodec.other_users([kind])
         if theirs:
-            raise Failure(f"{theirs[0]}: it is theirs to show")
+            raise Failure(f"{shmcodec.whose(theirs[0])}: it is theirs to show")
         if logbook and logbook.kind != kind.tag:
             logbook = died_writing = None  # it speaks of the other kind of segment
-        # A loader that died while writing died holding Qt's lock: do not wait for it.
-        with qt_lock_held(kind, skip=died_writing):
+        # A loader that died while writing died holding Qt's lock: do not wait for it. A
+        # live one cannot hold it while we hold DATA_LOCK: it is no candidate holder.
+        with qt_lock_held(kind, skip=died_writing, loader=logbook.pid if alive else None):
             try:
                 segment = kind.attach()
             except FileNotFoundError:  # a Qt program removed it meanwhile
                 raise nothing_loaded(key) from None
-            except ValueError:  # a 0-byte segment cannot be mapped: read it as no bytes
-                return read(kind, b"", logbook, alive)
             try:
                 return read(kind, segment.buf, logbook, alive)
             finally:
@@ -116,7 +119,7 @@ def nothing_loaded(key):
 
 
 @contextlib.contextmanager
-def qt_lock_held(kind, skip):
+def qt_lock_held(kind, skip, loader):
     """sharedMem.lock(), Qt's half: hold the semaphore that a Qt program's lock() takes.
 
     If there is none, no Qt program holds one: go on without. While we hold it, a stop
@@ -132,7 +135,7 @@ def qt_lock_held(kind, skip):
         return
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        qt_lock.acquire(give_up=end_if_stopped)
+        qt_lock.acquire(give_up=end_if_stopped, exclude={loader})
         try:
             yield
         finally:
@@ -149,12 +152,19 @@ def end_if_stopped():
     return False
 
 
+class NotWrittenYet(Exception):
+    """A segment of zeros that no loader of ours made: a Qt writer between its create()
+    and its lock() (see the README, "The original, step by step")."""
+
+
 def read_text(key):
     def decode(kind, buffer, logbook, alive):
         dead_loader = logbook if logbook and not alive else None
         if dead_loader and dead_loader.state != "loaded":  # its logbook says "writing"
             raise Failure(f"load_shared.py (pid {dead_loader.pid}) died while writing "
                           f"{kind.name}; there is no whole text to show")
+        if not logbook and len(buffer) > 4 and buffer.tobytes().count(0) == len(buffer):
+            raise NotWrittenYet
         try:
             text = shmcodec.decode_qstring(buffer)
             tell("QDataStream >> text", "a null QString" if text is None else
@@ -164,7 +174,16 @@ def read_text(key):
             raise Failure(f"segment {kind.name} ({len(buffer)} bytes) holds no QString: "
                           f"{error}") from None
 
-    text, dead_loader = read_segment(key, decode)
+    for attempt in range(10):  # give a Qt writer a second to write what it created
+        try:
+            text, dead_loader = read_segment(key, decode)
+            break
+        except NotWrittenYet:
+            time.sleep(0.1)
+    else:
+        raise Failure(f"the segment under key {key!r} was made but not written yet (a Qt "
+                      "program between create() and lock(); see README, \"The original, "
+                      "step by step\")")
     if dead_loader:
         print(f"show_shared.py: note: load_shared.py (pid {dead_loader.pid}), which loaded "
               "this text, is gone; the next load_shared.py replaces it", file=sys.stderr)
