@@ -12,9 +12,11 @@ import json
 import os
 import random
 import re
+import resource
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -28,6 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LOADER = os.path.join(HERE, "load_shared.py")
 VIEWER = os.path.join(HERE, "show_shared.py")
 TIMEOUT = 60  # seconds for any one step; generous, the machines are shared
+BIG = 32 << 20  # characters of a text that takes a viewer a while to read (64 MiB)
 GETPID = 11  # semctl(): the pid of the last process that changed a System V semaphore
 
 # What Qt 6.12's QDataStream << QString writes (../shared/reference/qt-facts.md).
@@ -229,11 +232,12 @@ class ProcessTestCase(unittest.TestCase):
     def segment_exists(self):
         return shmcodec.Posix(self.key).exists()
 
-    def start(self, *args, stdin=subprocess.DEVNULL, key=None, script=LOADER):
+    def start(self, *args, stdin=subprocess.DEVNULL, key=None, script=LOADER, preexec_fn=None):
         """Start a script in the background; stdout and stderr are pipes."""
         process = subprocess.Popen(
             [sys.executable, script, "--key", self.key if key is None else key, *args], stdin=stdin,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, cwd=HERE)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, cwd=HERE,
+            preexec_fn=preexec_fn)
         self.processes.append(process)
         return process
 
@@ -289,6 +293,51 @@ class ProcessTestCase(unittest.TestCase):
         self.assertEqual(len(err.splitlines()), 1, err)
         for word in words:
             self.assertIn(word, err)
+
+    def load_big(self, *args):
+        """Start a loader of a 64 MiB segment (32 Mi "x"), which a viewer takes a while to
+        read; wait until it has loaded."""
+        with tempfile.TemporaryFile() as source:
+            source.write(b"x" * BIG)
+            source.seek(0)
+            return self.start_loader(*args, "-", stdin=source)
+
+    def qt_lock_taken(self):
+        """True if Qt's POSIX semaphore for our key is taken (sem_getvalue)."""
+        qt_lock = shmcodec.Posix(self.key).open_qt_lock()
+        try:
+            return qt_lock.taken()
+        finally:
+            qt_lock.close()
+
+    def viewer_stopped_inside_qt_lock(self):
+        """A show_shared.py caught (SIGSTOP) while it holds Qt's POSIX lock, reading a big
+        text: it tells (--verbose) that it took the lock, and we stop it at once; if it was
+        quicker than that, we let it end and try again."""
+        for _ in range(20):
+            viewer = self.start("--verbose", script=VIEWER)
+            while "lock(), Qt's half" not in self.wait_line(viewer, stderr=True):
+                pass
+            viewer.send_signal(signal.SIGSTOP)
+            if self.qt_lock_taken():
+                return viewer
+            viewer.send_signal(signal.SIGCONT)
+            self.finish(viewer)
+        self.fail("never caught a viewer inside Qt's lock")
+
+    def viewer_stopped_holding_the_data_lock(self, sysv=()):
+        """A show_shared.py stopped (as by Ctrl-Z) while it holds our shared DATA_LOCK: we
+        hold Qt's lock, so that it waits there, stop it, and let go."""
+        qt_lock = self.segment_kind(sysv).open_qt_lock()
+        self.addCleanup(qt_lock.close)
+        qt_lock.acquire(give_up=lambda: False)
+        viewer = self.start(script=VIEWER)
+        deadline = time.monotonic() + TIMEOUT
+        while not holds_a_lock(viewer.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        viewer.send_signal(signal.SIGSTOP)
+        qt_lock.release()
+        return viewer
 
     def write_segment(self, data):
         """Make segment /key by hand, as a Qt program (or a vandal) would."""
@@ -747,6 +796,137 @@ class FaultTest(ProcessTestCase):
                 quiet_from = source.read().split("\n").index(QUIET_LINE) + 1
             for line in re.findall(rf'File "{re.escape(script)}", line (\d+)', err):
                 self.assertLessEqual(int(line), quiet_from, err)
+
+
+class DeathTest(ProcessTestCase):
+    """Whoever dies or stops, wherever: nobody waits for ever, and no viewer costs the loader
+    its text."""
+
+    def test_a_viewer_without_memory_leaves_the_segment_alone(self):
+        # SharedMemory(name) unlinks a segment that it fails to map (CPython issue 153279).
+        loader = self.load_big()
+        limit = 60 << 20  # enough to start Python, not to map 64 MiB
+
+        def set_limit():
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        status, out, err = self.finish(self.start(script=VIEWER, preexec_fn=set_limit))
+        self.assertEqual((status, out), (1, b""))
+        self.assert_one_line(err, "Cannot allocate memory")
+        status, out, err = self.show()  # the text is whole, and still there
+        self.assertEqual((status, len(out), err), (0, BIG + 1, ""))
+        loader.terminate()
+        self.assertEqual(self.finish(loader)[0], 0)
+        self.assert_nothing_left()
+
+    def test_a_viewer_killed_inside_qt_lock_blocks_nobody(self):
+        loader = self.start(stdin=subprocess.PIPE)
+        loader.stdin.write(b"x" * BIG + b"\n")
+        loader.stdin.flush()
+        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        viewer = self.viewer_stopped_inside_qt_lock()
+        viewer.kill()  # SIGKILL: a POSIX semaphore has no undo, the lock stays taken
+        viewer.wait()
+        self.assertTrue(self.qt_lock_taken())
+        status, out, err = self.show()  # the next viewer: waits, proves the holder dead
+        self.assertEqual((status, len(out)), (0, BIG + 1))
+        loader.stdin.write(b"next\n")  # the loader's next write
+        loader.stdin.flush()
+        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        self.assert_shows("next")
+        loader.stdin.close()
+        status, out, err = self.finish(loader)
+        self.assertEqual(status, 0)
+        said = err + self.show()[2]
+        self.assertEqual(said.count("was left taken by a process that died; giving it back"),
+                         1, said)
+        self.assert_nothing_left()
+
+    def test_a_living_holder_is_named_and_never_robbed(self):
+        loader = self.start_loader("held")
+        qt_lock = shmcodec.Posix(self.key).open_qt_lock()  # this test process holds it
+        self.addCleanup(qt_lock.close)
+        qt_lock.acquire(give_up=lambda: False)
+        viewers = [self.start(script=VIEWER) for _ in range(2)]
+        for viewer, other in (viewers, viewers[::-1]):
+            said = self.wait_line(viewer, stderr=True)
+            self.assertIn("held by one of: ", said)
+            self.assertIn(f"(pid {os.getpid()})", said)
+            self.assertNotIn(f"pid {other.pid}", said)  # a waiter is never named a holder
+        self.assertTrue(self.still_running(viewers[0], 3), "a living holder's lock was taken")
+        qt_lock.release()
+        for viewer in viewers:
+            self.assertEqual(self.finish(viewer)[:2], (0, b"held\n"))
+        loader.terminate()
+        self.assertEqual(self.finish(loader)[0], 0)
+
+    def test_stop_signals_end_a_loader_behind_a_stopped_viewer(self):
+        for sysv in ((), ("--sysv",)):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                with self.subTest(sysv=sysv, signal=signum):
+                    loader = self.start(*sysv, stdin=subprocess.PIPE)
+                    loader.stdin.write(b"first\n")
+                    loader.stdin.flush()
+                    self.assertRegex(self.wait_line(loader), "^Loaded ")
+                    viewer = self.viewer_stopped_holding_the_data_lock(sysv)
+                    loader.stdin.write(b"second\n")
+                    loader.stdin.flush()
+                    self.assertIn("waiting for the lock", self.wait_line(loader, stderr=True))
+                    loader.send_signal(signum)
+                    status, out, err = self.finish(loader, timeout=10)
+                    self.assertEqual((status, out), (1, b""))
+                    self.assert_one_line(err, "stopped while waiting", "not loaded")
+                    self.assertFalse(self.segment_kind(sysv).exists())  # released all it owned
+                    viewer.send_signal(signal.SIGCONT)
+                    status, out, err = self.finish(viewer)
+                    self.assertNotIn("Traceback", err)
+                    self.assert_nothing_left()
+
+    def test_a_loader_told_to_stop_does_not_wait_for_a_stopped_viewer(self):
+        loader = self.start_loader("held")
+        viewer = self.viewer_stopped_holding_the_data_lock()
+        loader.send_signal(signal.SIGTERM)
+        status, out, err = self.finish(loader, timeout=10)
+        self.assertEqual(status, 0)
+        self.assertFalse(self.segment_exists())
+        viewer.send_signal(signal.SIGCONT)
+        self.assertNotIn("Traceback", self.finish(viewer)[2])
+        self.assert_nothing_left()
+
+    def test_a_fifo_in_the_segments_place(self):
+        os.mkfifo(self.segment_path, 0o600)
+        self.addCleanup(self.unlink_segment)
+        for script in (VIEWER, LOADER):
+            with self.subTest(os.path.basename(script)):
+                status, out, err = self.finish(self.start("text", script=script)
+                                               if script == LOADER else self.start(script=script),
+                                               timeout=10)
+                self.assertEqual((status, out), (1, b""))
+                self.assert_one_line(err, f"/{self.key}")
+                self.assertTrue(stat.S_ISFIFO(os.lstat(self.segment_path).st_mode))
+
+    def test_a_segment_made_but_not_written_yet(self):
+        # The article's writer calls create() and then lock(): in between, its segment is
+        # all zeros (README, "The original, step by step").
+        self.write_segment(bytes(64))
+        status, out, err = self.show()
+        self.assertEqual((status, out), (1, b""))
+        self.assert_one_line(err, "made but not written yet")
+        self.unlink_segment()
+        # Written while the viewer tries again, under Qt's lock as a Qt writer would.
+        writer = shmcodec.Posix(self.key).make(64)
+        qt_lock = shmcodec.Posix(self.key).open_qt_lock(create=True)
+        viewer = self.start(script=VIEWER)
+        time.sleep(0.3)
+        qt_lock.acquire(give_up=lambda: False)
+        data = shmcodec.encode_qstring("late")
+        writer.buf[:len(data)] = data
+        qt_lock.release()
+        self.assertEqual(self.finish(viewer)[:2], (0, b"late\n"))
+        qt_lock.close()
+        writer.close()
+        self.unlink_segment()
+        self.write_segment(bytes(4))  # an empty QString, and no more: shown at once
+        self.assert_shows("")
 
 
 QUIET_LINE = "signal.signal(signal.SIGINT, signal.SIG_DFL)"
