@@ -96,7 +96,8 @@ def become_owner(lock_file, kind, replace):
         theirs = shmcodec.other_users(shmcodec.kinds_here(kind.key))
         if theirs:
             raise Failure(f"{shmcodec.whose(theirs[0])}: only they or root may remove it "
-                          f"(root: {theirs[0].removal}); use another --key")
+                          f"(root: {'; '.join(owned.removal for owned in theirs)}); "
+                          "use another --key")
         if logbook:  # the OWNER_LOCK was free: the loader that wrote this is gone
             left = shmcodec.KINDS[logbook.kind](kind.key)  # of either kind
             if left.exists():

@@ -578,7 +578,7 @@ class SystemV:
                         ident = row.get("shmid") or row["semid"]
                         nobody = table == "shm" and row["nattch"] == "0"
                         found.append(Owned(what, int(row["uid"]),
-                                           f"ipcrm -{table[0]} {ident}",
+                                           f"ipcrm -{'m' if table == 'shm' else 's'} {ident}",
                                            " and nobody is attached to it (its loader is "
                                            "gone)" if nobody else ""))
         return found + key_files
@@ -1021,6 +1021,7 @@ class LockFile:
         line = f"{os.getpid()} {state} {kind.tag}\n".encode() if state else b""
         os.pwrite(self.fd, line, 0)
         os.ftruncate(self.fd, len(line))
+        tell("logbook", f"{line.decode().strip() or '(empty)'} in our lock file")
 
     def owner_alive(self):
         """True if a loader holds this key now: we try its OWNER_LOCK and let go at once.
