@@ -1937,6 +1937,25 @@ class Qt6Test(QtPeerTests, ProcessTestCase):
     binding, python = "PySide6", python_with("PySide6", "QT6_PYTHON")
     key_kinds = ("legacy", "safe")
 
+    def test_a_qt_reader_killed_inside_lock_blocks_nobody(self):
+        # A named POSIX semaphore has no undo: Qt alone would wait for ever after this.
+        loader = self.load("safe")
+        holder = self.qt("safe", "lock", stdin=subprocess.PIPE)
+        self.assertEqual(self.wait_line(holder), "locked\n")
+        holder.kill()
+        holder.wait()
+        self.assertEqual(self.qt_reads("safe"), "'first'\n")  # the idle loader gave it back
+        self.assert_shows("first")
+        loader.stdin.write(b"second\n")
+        loader.stdin.flush()
+        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        self.assertEqual(self.qt_reads("safe"), "'second'\n")
+        loader.stdin.close()
+        status, out, err = self.finish(loader)
+        self.assertEqual(status, 0)
+        self.assertEqual(err.count("left taken by a process that died; giving it back"), 1, err)
+        self.assert_nothing_left()
+
     def test_loader_killed_holding_qt_lock_blocks_qt_only_until_the_next_run(self):
         self.kill_while_writing()
         reader = self.qt("safe", "read")  # waits on the semaphore the dead loader held
