@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""usage: load_shared.py [--key KEY] [--sysv] [--replace] [TEXT | -]
+"""usage: load_shared.py [--key KEY] [--sysv] [--replace] [--verbose] [TEXT | -]
 
 SharedMemoryLoad in Python: load a text into a shared-memory segment under KEY, in the
 bytes that Qt's QDataStream writes, for show_shared.py (or a Qt program) to read.
@@ -22,7 +22,8 @@ segment (and Qt's semaphore and key files) when it quits. Around each write it t
 Qt's lock too, so a Qt program's lock() waits for it, and it waits for theirs.
 
 exit status: 0 released cleanly (end of input, Ctrl-C, SIGTERM, SIGHUP),
-             1 failed (key held by another loader, segment in use, no memory, ...),
+             1 failed (key held by another loader or user, segment in use, no memory,
+               stopped while waiting for a lock, so that the text was not loaded, ...),
              2 bad usage
 """
 

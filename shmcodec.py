@@ -1,4 +1,4 @@
-"""What load_shared.py and show_shared.py share: the bytes, the key and the locks.
+"""What load_shared.py and show_shared.py share, in the order a learner meets it.
 
 The bytes. Qt's `QDataStream << QString` writes a big-endian 32-bit *byte* count and then
 the text as UTF-16BE code units. We write and read exactly that, so a Qt program and these
@@ -10,18 +10,20 @@ kinds of segment" below): the POSIX segment "/MySharedMemory" for Qt 6's
 `multiprocessing.shared_memory.SharedMemory("MySharedMemory")` opens; or, for the article's
 plain `setKey("MySharedMemory")` and every Qt 5 program, a System V segment.
 
-The locks. Qt's `lock()`/`unlock()` take a semaphore, and so do we, so that a Qt program
-and these scripts never write and read at once. Our own rules (one loader per key, what a
-crash left behind) live in fcntl locks on one lock file per key ($TMPDIR/qshm-KEY.lock,
-else /tmp/qshm-KEY.lock), which we always take first. It holds two one-byte locks:
+The lock file. Our own rules (a reader never sees half a text, one loader per key, what a
+crash left behind) live in fcntl locks on one lock file per key, qshm-KEY.lock in a
+directory of this user's alone ($XDG_RUNTIME_DIR, else $TMPDIR/qshm-UID or /tmp/qshm-UID;
+a key too long for a file name is cut and ends in its sha1). It holds two one-byte locks:
   DATA_LOCK  a loader holds it exclusively while it writes, readers share it while they
              read: nobody ever sees half a text.
   OWNER_LOCK the loader holds it for as long as it lives. The kernel drops it when the
              loader dies, even by SIGKILL, so "is the owner alive?" needs no pid guessing.
 The file's text is the loader's logbook, "PID writing KIND" or "PID loaded KIND". A clean
-exit empties it, so a logbook left behind with a free OWNER_LOCK means the loader crashed.
-"""
+exit empties it, so a logbook left behind with a free OWNER_LOCK means the loader died.
 
+Qt's lock. Qt's `lock()`/`unlock()` take a semaphore, and so do we, always after our lock
+file, so that a Qt program and these scripts never write and read at once.
+"""
 import collections
 import ctypes
 import errno
@@ -148,96 +150,169 @@ def key_letters(key):
     return "".join(char for char in key if char.isascii() and char.isalpha())
 
 
-STDIN = object()  # the operand "-": read standard input (a "-" after "--" is plain text)
+# --- The lock file -------------------------------------------------------------------------
+
+DATA_LOCK, OWNER_LOCK = 0, 1  # byte offsets of the two locks in the lock file
+LOCK_NAMES = {DATA_LOCK: "data", OWNER_LOCK: "owner"}
 
 
-def parse_command_line(usage, flags=(), valued=(), most_operands=0):
-    """Read sys.argv: return (key, options, operands). A small getopt for our small commands.
+class LockFileError(OSError):
+    """The lock file is not one we may use."""
 
-    argparse would do the same, but importing and setting it up costs more time than all
-    the rest that these scripts do. "--key KEY" (or --key=KEY) and --verbose are understood
-    by both scripts. Each name in flags is True when given (a value is a usage error); each
-    name in valued is True, or its value when given as --NAME=VALUE. A lone "-" is STDIN,
-    unless it follows "--", which makes what follows plain operands.
-    -h/--help prints usage and exits 0; a bad command line exits 2.
+
+def lock_dir(create):
+    """Where this user's lock files live, where no other user can write: $XDG_RUNTIME_DIR,
+    else a private directory of ours in the temporary directory ($TMPDIR, else /tmp),
+    made on first use with mode 0700, as tmux and ssh-agent do.
+
+    Either may be a trap (the temporary directory is everyone's, and the environment may
+    be another user's): anything that is not a directory of ours, closed to others, is
+    refused. Without create, return None if the directory is not there.
     """
-    global verbose
-    key, options, operands = DEFAULT_KEY, {}, []
-    args = iter(sys.argv[1:])
-    for arg in args:
-        name, equals, value = arg.partition("=")
-        if arg in ("-h", "--help"):
-            print(usage, end="")
-            sys.exit(0)
-        elif arg == "--":  # what follows is an operand, even "-" or one starting with "-"
-            operands.extend(args)
-        elif name == "--verbose":
-            if equals:
-                usage_error(f"{name} takes no value")
-            verbose = True
-        elif name == "--key":
-            key = value if equals else next(args, None)
-            if key is None:
-                usage_error("--key needs a KEY")
-        elif name in flags:
-            if equals:
-                usage_error(f"{name} takes no value")
-            options[name] = True
-        elif name in valued:
-            options[name] = value if equals else True
-        elif arg.startswith("-") and arg != "-":
-            usage_error(f"unknown option {arg}")
-        else:
-            operands.append(STDIN if arg == "-" else arg)
-    if len(operands) > most_operands:
-        usage_error(f"unexpected argument {operands[most_operands]!r}")
-    problem = key_problem(key)
-    if problem:
-        usage_error(problem)
-    return key, options, operands
-
-
-# --- Telling the story: --verbose, and waits --------------------------------------------
-
-PROGRAM = os.path.basename(sys.argv[0])
-verbose = False  # --verbose: tell() says each step of the dance as it happens
-
-
-def tell(step, how):
-    """With --verbose, one line on stderr: a step of the article's Qt program, and what
-    does it here. The steps are told where they happen, so the story is the code's own."""
-    if verbose:
-        print(f"{PROGRAM}: {step:<24} {how}", file=sys.stderr, flush=True)
-
-
-def warn(message):
-    """A line on stderr, with or without --verbose (stdout is for the text)."""
-    print(f"{PROGRAM}: {message}", file=sys.stderr, flush=True)
-
-
-def process_name(pid):
-    """"show_shared.py (pid 4242)": the script (or program) that runs as pid, where Linux
-    tells it in /proc; else just the pid."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    path = runtime or os.path.join(os.environ.get("TMPDIR") or "/tmp", f"qshm-{os.geteuid()}")
+    if create and not runtime:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            args = cmdline.read().decode(errors="replace").split("\0")
-    except OSError:
-        return f"pid {pid}"
-    scripts = [arg for arg in args[1:3] if arg.endswith(".py")]  # python3 SCRIPT ...
-    return f"{os.path.basename(scripts[0] if scripts else args[0])} (pid {pid})"
+        info = os.lstat(path)  # lstat: a symlink is not our directory
+    except FileNotFoundError:
+        return None
+    problem = ("is not a directory" if not stat.S_ISDIR(info.st_mode) else
+               f"belongs to user {user_name(info.st_uid)}" if info.st_uid != os.geteuid() else
+               f"may be written by others (mode {info.st_mode & 0o777:o})"
+               if info.st_mode & 0o022 else None)
+    if problem:
+        raise LockFileError(f"{path} {problem}; refusing to keep lock files there")
+    return path
 
 
-def one_line(error):
-    """A failure as one plain line: an OSError without Python's "[Errno N]"."""
-    if isinstance(error, OSError) and error.strerror:
-        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
-    return str(error)
+def lock_path(key, create=False):
+    """The key's lock file, qshm-KEY.lock in lock_dir(); None if that is not there."""
+    folder = lock_dir(create)
+    name = f"qshm-{key}.lock"
+    if len(name) > 255:  # a key near the limit: keep the file name legal, and unique
+        name = f"qshm-{key[:200]}-{hashlib.sha1(key.encode()).hexdigest()}.lock"
+    return folder and os.path.join(folder, name)
 
 
-def usage_error(message):
-    """Exit 2 with one line on stderr that says what is wrong."""
-    print(f"{os.path.basename(sys.argv[0])}: {message} (see --help)", file=sys.stderr)
-    sys.exit(2)
+def user_name(uid):
+    """The name of user uid, else the number."""
+    import pwd  # only a clash with another user needs it
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+class LockFile:
+    """The key's lock file (see the top of this module): two byte locks and the logbook."""
+
+    def __init__(self, key, create=True):
+        """Open (with create, make: mode 0600) the key's lock file.
+
+        Without create, FileNotFoundError if it is not there: then no loader of ours has
+        run under this key, and a viewer leaves nothing behind. Even in our own directory,
+        a symlink is never followed (O_NOFOLLOW), and a file that is not a regular file of
+        ours is refused, never truncated or chmod-ed.
+        """
+        self.key, self.path = key, lock_path(key, create)
+        if self.path is None:
+            raise FileNotFoundError(f"no lock file for key {key!r}")
+        try:
+            # O_NONBLOCK: opening a FIFO planted there must not hang us.
+            fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK |
+                         (os.O_CREAT if create else 0), 0o600)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no lock file {self.path}") from None
+        except OSError as error:
+            if os.path.islink(self.path):
+                raise LockFileError(f"lock file {self.path} is a symlink; "
+                                    "refusing to follow it") from None
+            raise LockFileError(f"cannot open lock file {self.path}: {error.strerror}") from None
+        info = os.fstat(fd)
+        problem = ("is not a regular file" if not stat.S_ISREG(info.st_mode) else
+                   f"belongs to user {info.st_uid}, not to us" if info.st_uid != os.geteuid()
+                   else None)
+        if problem:
+            os.close(fd)
+            raise LockFileError(f"lock file {self.path} {problem}; refusing to use it")
+        self.fd = fd
+        tell("our lock file", f"open {self.path}")
+
+    def lock(self, which, exclusive, step=None, wait=True, give_up=lambda: False):
+        """Take one of the two byte locks; return False if someone holds it and we may not
+        wait, or give_up() says to stop waiting (a stop signal came).
+
+        fcntl has no timed wait, so a wait is a try every 10 ms: that lets us say, after a
+        second, that we wait and for whom, and stop when told, instead of hanging.
+        """
+        notice = waiting_notice(f"the lock on key {self.key!r} ({self.path})",
+                                lambda: self.holder(which, exclusive))
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        while True:
+            try:
+                fcntl.lockf(self.fd, mode | fcntl.LOCK_NB, 1, which)
+                break
+            except (BlockingIOError, PermissionError):  # EAGAIN or EACCES, by platform
+                if not wait or give_up():
+                    return False
+            notice()
+            time.sleep(0.01)
+        if step:
+            tell(step, f"fcntl: {'exclusive' if exclusive else 'shared'} lock on byte "
+                       f"{which} ({LOCK_NAMES[which]}) of our lock file")
+        return True
+
+    def unlock(self, which, step=None):
+        fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, which)
+        if step:
+            tell(step, f"fcntl: unlock byte {which} ({LOCK_NAMES[which]}) of our lock file")
+
+    def holder(self, which, exclusive):
+        """Who holds the byte lock that we wait for, as fcntl(F_GETLK) tells (Linux)."""
+        if not sys.platform.startswith("linux"):
+            return "another process"
+        wanted = Flock(fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK, os.SEEK_SET, which, 1)
+        found = Flock.from_buffer_copy(fcntl.fcntl(self.fd, fcntl.F_GETLK, bytes(wanted)))
+        return process_name(found.pid) if found.type != fcntl.F_UNLCK else "another process"
+
+    def read_logbook(self):
+        """Return the Logbook (pid, state, kind tag) in the file, or None if it is empty."""
+        words = os.pread(self.fd, 64, 0).decode("ascii", "replace").split()
+        if len(words) >= 2 and words[0].isdigit():
+            kind = words[2] if len(words) > 2 and words[2] in KINDS else Posix.tag
+            return Logbook(int(words[0]), words[1], kind)
+        return None
+
+    def write_logbook(self, state, kind=None):
+        """Note "PID state kind" in the file; an empty state empties it."""
+        line = f"{os.getpid()} {state} {kind.tag}\n".encode() if state else b""
+        os.pwrite(self.fd, line, 0)
+        os.ftruncate(self.fd, len(line))
+        tell("logbook", f"{line.decode().strip() or '(empty)'} in our lock file")
+
+    def owner_alive(self):
+        """True if a loader holds this key now: we try its OWNER_LOCK and let go at once.
+
+        Call it only while holding DATA_LOCK, and never in the loader itself: a loader
+        tries OWNER_LOCK only while it holds DATA_LOCK exclusively, so the two never meet.
+        """
+        if self.lock(OWNER_LOCK, exclusive=False, wait=False):
+            self.unlock(OWNER_LOCK)
+            return False
+        return True
+
+
+Logbook = collections.namedtuple("Logbook", "pid state kind")
+
+
+class Flock(ctypes.Structure):
+    """struct flock as Linux lays it out: what fcntl(F_GETLK) reads and fills in."""
+    _fields_ = [("type", ctypes.c_short), ("whence", ctypes.c_short),
+                ("start", ctypes.c_int64), ("len", ctypes.c_int64), ("pid", ctypes.c_int32)]
 
 
 # --- The two kinds of segment ----------------------------------------------------------------
@@ -258,9 +333,9 @@ if sys.version_info < (3, 13):
     # exits and warns of a "leak". Here the loader alone decides when a segment dies,
     # so this process tells the tracker nothing. (3.13 says the same with track=False.)
     resource_tracker.register = resource_tracker.unregister = lambda name, rtype: None
-    _UNTRACKED = {}
+    UNTRACKED = {}
 else:
-    _UNTRACKED = {"track": False}
+    UNTRACKED = {"track": False}
 
 
 class Posix:
@@ -283,7 +358,7 @@ class Posix:
 
     def make(self, size):
         """Create and map the segment: FileExistsError if it exists (shm_open + ftruncate)."""
-        segment = SharedMemory(self.key, create=True, size=size, **_UNTRACKED)
+        segment = SharedMemory(self.key, create=True, size=size, **UNTRACKED)
         if hasattr(os, "posix_fallocate"):
             # A new segment is sparse: its pages are found only when first written, and a
             # full /dev/shm then kills us with SIGBUS. Reserving them now turns that into
@@ -361,6 +436,10 @@ class ReadOnlySegment:
             self.size = info.st_size
             # mmap cannot map 0 bytes: a 0-byte segment reads as no bytes.
             self._map = mmap.mmap(fd, self.size, prot=mmap.PROT_READ) if self.size else b""
+            try:  # every page at once, not a page fault at a time (see AttachedSegment)
+                self.size and self._map.madvise(MADV_POPULATE_READ)
+            except OSError:  # before Linux 5.14: the pages come by faults, as ever
+                pass
         finally:
             os.close(fd)
         self.buf = memoryview(self._map)
@@ -608,9 +687,9 @@ class AttachedSegment:
         self.shmid, self._address = shmid, address
         self.size = shm_status(shmid).segsz  # the size, as Qt's attach() learns it
         if readonly:
-            # The kernel maps System V memory a page per fault, where a POSIX mapping gets
-            # its neighbours too, which makes reading it all take twice as long: so map all
-            # pages at once (Linux 5.14 and later; an older kernel ignores the advice).
+            # The kernel maps System V memory a page per fault, which makes reading it all
+            # take up to twice as long: so map all pages at once (Linux 5.14 and later; an
+            # older kernel refuses the advice, and the pages come by faults as before).
             libc.madvise(address, self.size, MADV_POPULATE_READ)
         # A view of the mapped bytes, without a copy; close() releases it before shmdt().
         memory = (ctypes.c_ubyte * self.size).from_address(address)
@@ -879,166 +958,93 @@ def waiting_notice(what, holder):
     return notice
 
 
-# --- The lock file -------------------------------------------------------------------------
+# --- The command line, and telling the story: --verbose, waits and failures -------------
 
-DATA_LOCK, OWNER_LOCK = 0, 1  # byte offsets of the two locks in the lock file
-LOCK_NAMES = {DATA_LOCK: "data", OWNER_LOCK: "owner"}
-
-
-class LockFileError(OSError):
-    """The lock file is not one we may use."""
+PROGRAM = os.path.basename(sys.argv[0])
+verbose = False  # --verbose: tell() says each step of the dance as it happens
 
 
-def lock_dir(create):
-    """Where this user's lock files live, where no other user can write: $XDG_RUNTIME_DIR,
-    else a private directory of ours in the temporary directory ($TMPDIR, else /tmp),
-    made on first use with mode 0700, as tmux and ssh-agent do.
+def tell(step, how):
+    """With --verbose, one line on stderr: a step of the article's Qt program, and what
+    does it here. The steps are told where they happen, so the story is the code's own."""
+    if verbose:
+        print(f"{PROGRAM}: {step:<24} {how}", file=sys.stderr, flush=True)
 
-    Either may be a trap (the temporary directory is everyone's, and the environment may
-    be another user's): anything that is not a directory of ours, closed to others, is
-    refused. Without create, return None if the directory is not there.
+
+def warn(message):
+    """A line on stderr, with or without --verbose (stdout is for the text)."""
+    print(f"{PROGRAM}: {message}", file=sys.stderr, flush=True)
+
+
+def process_name(pid):
+    """"show_shared.py (pid 4242)": the script (or program) that runs as pid, where Linux
+    tells it in /proc; else just the pid."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            args = cmdline.read().decode(errors="replace").split("\0")
+    except OSError:
+        return f"pid {pid}"
+    scripts = [arg for arg in args[1:3] if arg.endswith(".py")]  # python3 SCRIPT ...
+    return f"{os.path.basename(scripts[0] if scripts else args[0])} (pid {pid})"
+
+
+def one_line(error):
+    """A failure as one plain line: an OSError without Python's "[Errno N]"."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    return str(error)
+
+
+def usage_error(message):
+    """Exit 2 with one line on stderr that says what is wrong."""
+    print(f"{os.path.basename(sys.argv[0])}: {message} (see --help)", file=sys.stderr)
+    sys.exit(2)
+
+
+STDIN = object()  # the operand "-": read standard input (a "-" after "--" is plain text)
+
+
+def parse_command_line(usage, flags=(), valued=(), most_operands=0):
+    """Read sys.argv: return (key, options, operands). A small getopt for our small commands.
+
+    argparse would do the same, but importing and setting it up costs more time than all
+    the rest that these scripts do. "--key KEY" (or --key=KEY) and --verbose are understood
+    by both scripts. Each name in flags is True when given (a value is a usage error); each
+    name in valued is True, or its value when given as --NAME=VALUE. A lone "-" is STDIN,
+    unless it follows "--", which makes what follows plain operands.
+    -h/--help prints usage and exits 0; a bad command line exits 2.
     """
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    path = runtime or os.path.join(os.environ.get("TMPDIR") or "/tmp", f"qshm-{os.geteuid()}")
-    if create and not runtime:
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            pass
-    try:
-        info = os.lstat(path)  # lstat: a symlink is not our directory
-    except FileNotFoundError:
-        return None
-    problem = ("is not a directory" if not stat.S_ISDIR(info.st_mode) else
-               f"belongs to user {user_name(info.st_uid)}" if info.st_uid != os.geteuid() else
-               f"may be written by others (mode {info.st_mode & 0o777:o})"
-               if info.st_mode & 0o022 else None)
+    global verbose
+    key, options, operands = DEFAULT_KEY, {}, []
+    args = iter(sys.argv[1:])
+    for arg in args:
+        name, equals, value = arg.partition("=")
+        if arg in ("-h", "--help"):
+            print(usage, end="")
+            sys.exit(0)
+        elif arg == "--":  # what follows is an operand, even "-" or one starting with "-"
+            operands.extend(args)
+        elif name == "--verbose":
+            if equals:
+                usage_error(f"{name} takes no value")
+            verbose = True
+        elif name == "--key":
+            key = value if equals else next(args, None)
+            if key is None:
+                usage_error("--key needs a KEY")
+        elif name in flags:
+            if equals:
+                usage_error(f"{name} takes no value")
+            options[name] = True
+        elif name in valued:
+            options[name] = value if equals else True
+        elif arg.startswith("-") and arg != "-":
+            usage_error(f"unknown option {arg}")
+        else:
+            operands.append(STDIN if arg == "-" else arg)
+    if len(operands) > most_operands:
+        usage_error(f"unexpected argument {operands[most_operands]!r}")
+    problem = key_problem(key)
     if problem:
-        raise LockFileError(f"{path} {problem}; refusing to keep lock files there")
-    return path
-
-
-def lock_path(key, create=False):
-    """The key's lock file, qshm-KEY.lock in lock_dir(); None if that is not there."""
-    folder = lock_dir(create)
-    name = f"qshm-{key}.lock"
-    if len(name) > 255:  # a key near the limit: keep the file name legal, and unique
-        name = f"qshm-{key[:200]}-{hashlib.sha1(key.encode()).hexdigest()}.lock"
-    return folder and os.path.join(folder, name)
-
-
-def user_name(uid):
-    """The name of user uid, else the number."""
-    import pwd  # only a clash with another user needs it
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-class LockFile:
-    """The key's lock file (see the top of this module): two byte locks and the logbook."""
-
-    def __init__(self, key, create=True):
-        """Open (with create, make: mode 0600) the key's lock file.
-
-        Without create, FileNotFoundError if it is not there: then no loader of ours has
-        run under this key, and a viewer leaves nothing behind. Even in our own directory,
-        a symlink is never followed (O_NOFOLLOW), and a file that is not a regular file of
-        ours is refused, never truncated or chmod-ed.
-        """
-        self.key, self.path = key, lock_path(key, create)
-        if self.path is None:
-            raise FileNotFoundError(f"no lock file for key {key!r}")
-        try:
-            # O_NONBLOCK: opening a FIFO planted there must not hang us.
-            fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK |
-                         (os.O_CREAT if create else 0), 0o600)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no lock file {self.path}") from None
-        except OSError as error:
-            if os.path.islink(self.path):
-                raise LockFileError(f"lock file {self.path} is a symlink; "
-                                    "refusing to follow it") from None
-            raise LockFileError(f"cannot open lock file {self.path}: {error.strerror}") from None
-        info = os.fstat(fd)
-        problem = ("is not a regular file" if not stat.S_ISREG(info.st_mode) else
-                   f"belongs to user {info.st_uid}, not to us" if info.st_uid != os.geteuid()
-                   else None)
-        if problem:
-            os.close(fd)
-            raise LockFileError(f"lock file {self.path} {problem}; refusing to use it")
-        self.fd = fd
-        tell("our lock file", f"open {self.path}")
-
-    def lock(self, which, exclusive, step=None, wait=True, give_up=lambda: False):
-        """Take one of the two byte locks; return False if someone holds it and we may not
-        wait, or give_up() says to stop waiting (a stop signal came).
-
-        fcntl has no timed wait, so a wait is a try every 10 ms: that lets us say, after a
-        second, that we wait and for whom, and stop when told, instead of hanging.
-        """
-        notice = waiting_notice(f"the lock on key {self.key!r} ({self.path})",
-                                lambda: self.holder(which, exclusive))
-        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        while True:
-            try:
-                fcntl.lockf(self.fd, mode | fcntl.LOCK_NB, 1, which)
-                break
-            except (BlockingIOError, PermissionError):  # EAGAIN or EACCES, by platform
-                if not wait or give_up():
-                    return False
-            notice()
-            time.sleep(0.01)
-        if step:
-            tell(step, f"fcntl: {'exclusive' if exclusive else 'shared'} lock on byte "
-                       f"{which} ({LOCK_NAMES[which]}) of our lock file")
-        return True
-
-    def unlock(self, which, step=None):
-        fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, which)
-        if step:
-            tell(step, f"fcntl: unlock byte {which} ({LOCK_NAMES[which]}) of our lock file")
-
-    def holder(self, which, exclusive):
-        """Who holds the byte lock that we wait for, as fcntl(F_GETLK) tells (Linux)."""
-        if not sys.platform.startswith("linux"):
-            return "another process"
-        wanted = Flock(fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK, os.SEEK_SET, which, 1)
-        found = Flock.from_buffer_copy(fcntl.fcntl(self.fd, fcntl.F_GETLK, bytes(wanted)))
-        return process_name(found.pid) if found.type != fcntl.F_UNLCK else "another process"
-
-    def read_logbook(self):
-        """Return the Logbook (pid, state, kind tag) in the file, or None if it is empty."""
-        words = os.pread(self.fd, 64, 0).decode("ascii", "replace").split()
-        if len(words) >= 2 and words[0].isdigit():
-            kind = words[2] if len(words) > 2 and words[2] in KINDS else Posix.tag
-            return Logbook(int(words[0]), words[1], kind)
-        return None
-
-    def write_logbook(self, state, kind=None):
-        """Note "PID state kind" in the file; an empty state empties it."""
-        line = f"{os.getpid()} {state} {kind.tag}\n".encode() if state else b""
-        os.pwrite(self.fd, line, 0)
-        os.ftruncate(self.fd, len(line))
-        tell("logbook", f"{line.decode().strip() or '(empty)'} in our lock file")
-
-    def owner_alive(self):
-        """True if a loader holds this key now: we try its OWNER_LOCK and let go at once.
-
-        Call it only while holding DATA_LOCK, and never in the loader itself: a loader
-        tries OWNER_LOCK only while it holds DATA_LOCK exclusively, so the two never meet.
-        """
-        if self.lock(OWNER_LOCK, exclusive=False, wait=False):
-            self.unlock(OWNER_LOCK)
-            return False
-        return True
-
-
-Logbook = collections.namedtuple("Logbook", "pid state kind")
-
-
-class Flock(ctypes.Structure):
-    """struct flock as Linux lays it out: what fcntl(F_GETLK) reads and fills in."""
-    _fields_ = [("type", ctypes.c_short), ("whence", ctypes.c_short),
-                ("start", ctypes.c_int64), ("len", ctypes.c_int64), ("pid", ctypes.c_int32)]
+        usage_error(problem)
+    return key, options, operands

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""usage: show_shared.py [--key KEY] [--hex[=ROWS|=all]]
+"""usage: show_shared.py [--key KEY] [--hex[=ROWS|=all]] [--verbose]
 
 ShowSharedMem in Python: print the text that load_shared.py (or a Qt program) holds under
 KEY, read as Qt's QDataStream reads it. It looks for the POSIX segment /KEY (Qt 6's
@@ -29,6 +29,7 @@ signal.signal(signal.SIGINT, signal.SIG_DFL)
 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 import contextlib  # noqa: E402  (after the lines above, so that Ctrl-C is quiet while importing)
+import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -207,7 +208,9 @@ def show_bytes(key, rows):
                 problem, logbook, alive)
 
     kind, details, data, size, span, problem, logbook, alive = read_segment(key, copy)
-    details.append(("lock file", shmcodec.lock_path(key) or "none: no load_shared.py ran here"))
+    path = shmcodec.lock_path(key)
+    details.append(("lock file", path if path and os.path.exists(path) else
+                    "none: no load_shared.py ran here"))
     if logbook and alive:
         owner = f"load_shared.py pid {logbook.pid}, alive"
     elif logbook:
