@@ -155,7 +155,7 @@ def end_if_stopped():
 
 class NotWrittenYet(Exception):
     """A segment of zeros that no loader of ours made: a Qt writer between its create()
-    and its lock() (see the README, "The original, step by step")."""
+    and its lock() (see the README, "The dance on one page")."""
 
 
 def read_text(key):
@@ -183,8 +183,8 @@ def read_text(key):
             time.sleep(0.1)
     else:
         raise Failure(f"the segment under key {key!r} was made but not written yet (a Qt "
-                      "program between create() and lock(); see README, \"The original, "
-                      "step by step\")")
+                      "program between create() and lock(); see README, \"The dance on one "
+                      "page\")")
     if dead_loader:
         print(f"show_shared.py: note: load_shared.py (pid {dead_loader.pid}), which loaded "
               "this text, is gone; the next load_shared.py replaces it", file=sys.stderr)

@@ -1858,10 +1858,49 @@ def shmcodec_in(tmpdir, call):
         os.environ.pop("TMPDIR", None) if saved is None else os.environ.update(TMPDIR=saved)
 
 
-def readme_block(language):
-    """The first ```language block of README.md."""
+def readme_block(language, starts=""):
+    """The first ```language block of README.md whose text starts with starts."""
     with open(os.path.join(HERE, "README.md"), encoding="utf-8") as readme:
-        return readme.read().split(f"```{language}\n", 1)[1].split("```", 1)[0]
+        blocks = [block.split("```", 1)[0] for block in
+                  readme.read().split(f"```{language}\n")[1:]]
+    return next(block for block in blocks if block.startswith(starts))
+
+
+class DanceTest(ProcessTestCase):
+    """dance.py, the README's one-page listing of the article's steps, and the real
+    scripts understand each other, both ways."""
+
+    def setUp(self):
+        super().setUp()
+        self.dance = os.path.join(self.tmpdir, "dance.py")
+        with open(self.dance, "w", encoding="utf-8") as listing:
+            listing.write(readme_block("python", "# dance.py").replace(
+                '"MySharedMemory"', f'"{self.key}"'))
+        self.env["PYTHONPATH"] = HERE  # "save it in this folder": it imports shmcodec
+
+    def dance_process(self, *args, stdin=subprocess.DEVNULL):
+        process = subprocess.Popen([sys.executable, self.dance, *args], stdin=stdin,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   env=self.env, cwd=HERE)
+        self.processes.append(process)
+        return process
+
+    def test_both_ways(self):
+        status, out, err = self.finish(self.dance_process("show"))
+        self.assertEqual((status, out, err), (1, b"", "Enter a text first\n"))
+        loader = self.dance_process("load", "Grüße from dance.py 😀", stdin=subprocess.PIPE)
+        self.assertEqual(self.wait_line(loader), "Loaded; press Enter to quit\n")
+        self.assert_shows("Grüße from dance.py 😀")
+        loader.stdin.write(b"\n")
+        loader.stdin.close()
+        self.assertEqual(self.finish(loader)[:2], (0, b""))
+        self.assert_nothing_left()
+        ours = self.start_loader("Hello from load_shared.py")
+        status, out, err = self.finish(self.dance_process("show"))
+        self.assertEqual((status, out.decode(), err), (0, "Hello from load_shared.py\n", ""))
+        ours.terminate()
+        self.assertEqual(self.finish(ours)[0], 0)
+        self.assert_nothing_left()
 
 
 class ArticleTest(ProcessTestCase):
