@@ -80,65 +80,6 @@ def main():
     return 0
 
 
-def become_owner(lock_file, kind, replace):
-    """Take the key's OWNER_LOCK for good, and clear away what a dead loader left."""
-    # DATA_LOCK first: show_shared.py probes OWNER_LOCK only under DATA_LOCK, so a probe
-    # can never make us believe another loader is alive.
-    if not lock_file.lock(DATA_LOCK, exclusive=True, step="own the key", give_up=stopped):
-        raise Failure(f"stopped while waiting for the lock on key {kind.key!r}; "
-                      "nothing was loaded")
-    try:
-        logbook = lock_file.read_logbook()
-        if not lock_file.lock(OWNER_LOCK, exclusive=True, step="own the key", wait=False):
-            pid = f" (pid {logbook.pid})" if logbook else ""
-            raise Failure(f"another load_shared.py{pid} holds key {kind.key!r}; stop it first")
-        # Not even --replace, nor root, touches what another user has under this key, of
-        # either kind: a segment, Qt's lock or Qt's key files.
-        theirs = shmcodec.other_users(shmcodec.kinds_here(kind.key))
-        if theirs:
-            raise Failure(f"{shmcodec.whose(theirs[0])}: only they or root may remove it "
-                          f"(root: {'; '.join(owned.removal for owned in theirs)}); "
-                          "use another --key")
-        if logbook:  # the OWNER_LOCK was free: the loader that wrote this is gone
-            left = shmcodec.KINDS[logbook.kind](kind.key)  # of either kind
-            if left.exists():
-                say(f"replacing {left.name}, left behind by load_shared.py "
-                    f"(pid {logbook.pid}), which is gone")
-                left.remove()
-            clear_qt_lock_of(left, held=logbook.state == "writing", reused=left.tag == kind.tag)
-        if kind.exists():
-            users = kind.users()  # processes attached, or None where the system cannot tell
-            if users == 0:
-                say(f"replacing {kind.name}, which nobody is attached to "
-                    "(a program that made it was killed)")
-            elif replace:
-                say(f"--replace: taking over {kind.name}")
-            elif users:
-                raise Failure(f"{kind.name} is held by {users} attached "
-                              f"process{'es' if users > 1 else ''} (a Qt program?); "
-                              "use --replace to take it over")
-            else:
-                raise Failure(f"segment {kind.name} exists but load_shared.py did not make it "
-                              "(a Qt program's?); use --replace to take it over")
-            kind.remove()
-        lock_file.write_logbook("")  # a fresh start: no segment of ours yet
-    finally:
-        lock_file.unlock(DATA_LOCK, step="own the key")
-
-
-def clear_qt_lock_of(left, held, reused):
-    """A dead loader's Qt lock: give it back if the loader died holding it, so that whoever
-    waits on it (a Qt program) goes on; remove it if we will not use that kind."""
-    try:
-        stuck = left.open_qt_lock()
-    except FileNotFoundError:
-        return
-    if held:  # the logbook says it may have: give it back if no living process holds it
-        stuck.give_back_if_abandoned(looks=1)
-    stuck.made = not reused  # our own open_qt_lock(create=True) replaces one of our kind
-    stuck.close()
-
-
 def load(lock_file, qt_lock, kind, text, old_segment):
     """Write text into a new segment, under both locks: QSharedMemory::create() + memcpy.
 
@@ -202,6 +143,71 @@ def release(lock_file, kind, segment, qt_lock):
         qt_lock.close()  # its maker removes Qt's semaphore (and key file), as Qt does
     if locked:
         lock_file.unlock(DATA_LOCK, step="release")
+
+
+# --- The safety nets: one loader per key, and what a dead one left ----------------------
+
+
+def become_owner(lock_file, kind, replace):
+    """Take the key's OWNER_LOCK for good, and clear away what a dead loader left."""
+    # DATA_LOCK first: show_shared.py probes OWNER_LOCK only under DATA_LOCK, so a probe
+    # can never make us believe another loader is alive.
+    if not lock_file.lock(DATA_LOCK, exclusive=True, step="own the key", give_up=stopped):
+        raise Failure(f"stopped while waiting for the lock on key {kind.key!r}; "
+                      "nothing was loaded")
+    try:
+        logbook = lock_file.read_logbook()
+        if not lock_file.lock(OWNER_LOCK, exclusive=True, step="own the key", wait=False):
+            pid = f" (pid {logbook.pid})" if logbook else ""
+            raise Failure(f"another load_shared.py{pid} holds key {kind.key!r}; stop it first")
+        # Not even --replace, nor root, touches what another user has under this key, of
+        # either kind: a segment, Qt's lock or Qt's key files.
+        theirs = shmcodec.other_users(shmcodec.kinds_here(kind.key))
+        if theirs:
+            raise Failure(f"{shmcodec.whose(theirs[0])}: only they or root may remove it "
+                          f"(root: {'; '.join(owned.removal for owned in theirs)}); "
+                          "use another --key")
+        if logbook:  # the OWNER_LOCK was free: the loader that wrote this is gone
+            left = shmcodec.KINDS[logbook.kind](kind.key)  # of either kind
+            if left.exists():
+                say(f"replacing {left.name}, left behind by load_shared.py "
+                    f"(pid {logbook.pid}), which is gone")
+                left.remove()
+            clear_qt_lock_of(left, held=logbook.state == "writing", reused=left.tag == kind.tag)
+        if kind.exists():
+            users = kind.users()  # processes attached, or None where the system cannot tell
+            if users == 0:
+                say(f"replacing {kind.name}, which nobody is attached to "
+                    "(a program that made it was killed)")
+            elif replace:
+                say(f"--replace: taking over {kind.name}")
+            elif users:
+                raise Failure(f"{kind.name} is held by {users} attached "
+                              f"process{'es' if users > 1 else ''} (a Qt program?); "
+                              "use --replace to take it over")
+            else:
+                raise Failure(f"segment {kind.name} exists but load_shared.py did not make it "
+                              "(a Qt program's?); use --replace to take it over")
+            kind.remove()
+        lock_file.write_logbook("")  # a fresh start: no segment of ours yet
+    finally:
+        lock_file.unlock(DATA_LOCK, step="own the key")
+
+
+def clear_qt_lock_of(left, held, reused):
+    """A dead loader's Qt lock: give it back if the loader died holding it, so that whoever
+    waits on it (a Qt program) goes on; remove it if we will not use that kind."""
+    try:
+        stuck = left.open_qt_lock()
+    except FileNotFoundError:
+        return
+    if held:  # the logbook says it may have: give it back if no living process holds it
+        stuck.give_back_if_abandoned(looks=1)
+    stuck.made = not reused  # our own open_qt_lock(create=True) replaces one of our kind
+    stuck.close()
+
+
+# --- The command line, standard input, and stop signals ----------------------------------
 
 
 def read_command_line():

@@ -66,6 +66,44 @@ def main():
     return 0
 
 
+class NotWrittenYet(Exception):
+    """A segment of zeros that no loader of ours made: a Qt writer between its create()
+    and its lock() (see the README, "The dance on one page")."""
+
+
+def read_text(key):
+    def decode(kind, buffer, logbook, alive):
+        dead_loader = logbook if logbook and not alive else None
+        if dead_loader and dead_loader.state != "loaded":  # its logbook says "writing"
+            raise Failure(f"load_shared.py (pid {dead_loader.pid}) died while writing "
+                          f"{kind.name}; there is no whole text to show")
+        if not logbook and len(buffer) > 4 and buffer.tobytes().count(0) == len(buffer):
+            raise NotWrittenYet
+        try:
+            text = shmcodec.decode_qstring(buffer)
+            tell("QDataStream >> text", "a null QString" if text is None else
+                 f"{len(text)} characters, straight from the segment's memory")
+            return text, dead_loader
+        except shmcodec.QStringFormatError as error:
+            raise Failure(f"segment {kind.name} ({len(buffer)} bytes) holds no QString: "
+                          f"{error}") from None
+
+    for attempt in range(10):  # give a Qt writer a second to write what it created
+        try:
+            text, dead_loader = read_segment(key, decode)
+            break
+        except NotWrittenYet:
+            time.sleep(0.1)
+    else:
+        raise Failure(f"the segment under key {key!r} was made but not written yet (a Qt "
+                      "program between create() and lock(); see README, \"The dance on one "
+                      "page\")")
+    if dead_loader:
+        print(f"show_shared.py: note: load_shared.py (pid {dead_loader.pid}), which loaded "
+              "this text, is gone; the next load_shared.py replaces it", file=sys.stderr)
+    return text
+
+
 def read_segment(key, read):
     """Return read(kind, the segment's memory, logbook, alive), run attached and locked.
 
@@ -85,6 +123,7 @@ def read_segment(key, read):
         # The logbook names the last loader; its OWNER_LOCK tells if that loader lives.
         logbook = lock_file and lock_file.read_logbook()
         alive = logbook is not None and lock_file.owner_alive()
+        live_loader = logbook.pid if alive else None
         died_writing = logbook and not alive and logbook.state == "writing"
         kind = shmcodec.find_segment(key)
         tell("attach(): which kind?", kind.name if kind else f"neither /{key} nor System V")
@@ -100,7 +139,7 @@ def read_segment(key, read):
             logbook = died_writing = None  # it speaks of the other kind of segment
         # A loader that died while writing died holding Qt's lock: do not wait for it. A
         # live one cannot hold it while we hold DATA_LOCK: it is no candidate holder.
-        with qt_lock_held(kind, skip=died_writing, loader=logbook.pid if alive else None):
+        with qt_lock_held(kind, skip=died_writing, loader=live_loader):
             try:
                 segment = kind.attach()
             except FileNotFoundError:  # a Qt program removed it meanwhile
@@ -151,44 +190,6 @@ def end_if_stopped():
     if signal.sigpending() & STOP_SIGNALS:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # delivered at once
     return False
-
-
-class NotWrittenYet(Exception):
-    """A segment of zeros that no loader of ours made: a Qt writer between its create()
-    and its lock() (see the README, "The dance on one page")."""
-
-
-def read_text(key):
-    def decode(kind, buffer, logbook, alive):
-        dead_loader = logbook if logbook and not alive else None
-        if dead_loader and dead_loader.state != "loaded":  # its logbook says "writing"
-            raise Failure(f"load_shared.py (pid {dead_loader.pid}) died while writing "
-                          f"{kind.name}; there is no whole text to show")
-        if not logbook and len(buffer) > 4 and buffer.tobytes().count(0) == len(buffer):
-            raise NotWrittenYet
-        try:
-            text = shmcodec.decode_qstring(buffer)
-            tell("QDataStream >> text", "a null QString" if text is None else
-                 f"{len(text)} characters, straight from the segment's memory")
-            return text, dead_loader
-        except shmcodec.QStringFormatError as error:
-            raise Failure(f"segment {kind.name} ({len(buffer)} bytes) holds no QString: "
-                          f"{error}") from None
-
-    for attempt in range(10):  # give a Qt writer a second to write what it created
-        try:
-            text, dead_loader = read_segment(key, decode)
-            break
-        except NotWrittenYet:
-            time.sleep(0.1)
-    else:
-        raise Failure(f"the segment under key {key!r} was made but not written yet (a Qt "
-                      "program between create() and lock(); see README, \"The dance on one "
-                      "page\")")
-    if dead_loader:
-        print(f"show_shared.py: note: load_shared.py (pid {dead_loader.pid}), which loaded "
-              "this text, is gone; the next load_shared.py replaces it", file=sys.stderr)
-    return text
 
 
 # --- show_shared.py --hex: the segment, byte by byte ---------------------------------------

@@ -1603,6 +1603,15 @@ class SystemVTest(ProcessTestCase):
         theirs.close()  # the last one out: now the kernel frees it
         self.assert_nothing_left()
 
+    def test_a_qt_posix_segment_beside_our_system_v_loader(self):
+        loader = self.start_loader("--sysv", "ours")
+        self.write_segment(bytes.fromhex(QT_BYTES["hello"]))  # a Qt 6 program's, and its lock
+        qt_lock = shmcodec.Posix(self.key).open_qt_lock(create=True)
+        self.addCleanup(qt_lock.close)
+        self.assert_shows("hello")  # /KEY comes first; our loader's logbook is not about it
+        loader.terminate()
+        self.assertEqual(self.finish(loader)[0], 0)
+
     def test_corrupt_segment_is_reported_and_left_alone(self):
         system_v = self.system_v()
         theirs = system_v.make(6)
