@@ -153,7 +153,8 @@ def key_letters(key):
 # --- The lock file -------------------------------------------------------------------------
 
 DATA_LOCK, OWNER_LOCK = 0, 1  # byte offsets of the two locks in the lock file
-LOCK_NAMES = {DATA_LOCK: "data", OWNER_LOCK: "owner"}
+WAITING_LOCK = 2  # a viewer that waits for Qt's lock holds it shared: see waiters()
+LOCK_NAMES = {DATA_LOCK: "data", OWNER_LOCK: "owner", WAITING_LOCK: "waiting"}
 
 
 class LockFileError(OSError):
@@ -293,6 +294,17 @@ class LockFile:
         os.pwrite(self.fd, line, 0)
         os.ftruncate(self.fd, len(line))
         tell("logbook", f"{line.decode().strip() or '(empty)'} in our lock file")
+
+    def waiters(self):
+        """The pids that hold WAITING_LOCK: viewers of ours that only wait for Qt's lock,
+        as Linux's /proc/locks lists them ("1: POSIX ADVISORY READ PID MAJ:MIN:INODE 2 2").
+        A waiter is never taken for a holder, even while it looks around itself."""
+        inode = f":{os.fstat(self.fd).st_ino} {WAITING_LOCK} {WAITING_LOCK}"
+        try:
+            with open("/proc/locks") as locks:
+                return {int(line.split()[4]) for line in locks if line.rstrip().endswith(inode)}
+        except OSError:
+            return set()
 
     def owner_alive(self):
         """True if a loader holds this key now: we try its OWNER_LOCK and let go at once.
@@ -600,7 +612,7 @@ class SystemV:
         """Create and attach the segment, as Qt's create(): FileExistsError if it exists.
         The loader keeps the id it gets: it never looks its own segment up again."""
         key, made = ipc_key(self.key_file, create=True)
-        self.made_key_file = self.made_key_file or made
+        self.made_key_file = made or self.made_key_file  # the one we made last
         shmid = c_call(libc.shmget(key, size, 0o600 | IPC_CREAT | IPC_EXCL), self.name)
         segment = AttachedSegment(shmid, readonly=False)
         tell(f"create({size})", f"shmget(ftok({os.path.basename(self.key_file)}, 'Q'), "
@@ -760,12 +772,13 @@ class PosixSemaphore:
         tell("Qt's lock", f"sem_open(O_CREAT|O_EXCL, value 1): {name}" if create else
              f"sem_open: {name}")
 
-    def acquire(self, give_up, exclude=()):
+    def acquire(self, give_up, exclude=set):
         """sem_wait, in slices, so that give_up() can end the wait (then return False).
 
         Once a second, look who may hold the lock: name them after the first second, or
-        give the lock back when twice in a row nobody living can hold it. exclude: pids
-        known not to hold it (our own live loader, while a viewer of ours waits).
+        give the lock back when twice in a row nobody living can hold it. exclude() names
+        the pids known not to hold it (our live loader and our waiting viewers, while a
+        viewer of ours waits).
         """
         holders, next_look, said = None, time.monotonic() + 1, False
         while True:
@@ -786,7 +799,7 @@ class PosixSemaphore:
                 return False
             if time.monotonic() >= next_look:
                 next_look += 1
-                holders = self.give_back_if_abandoned(exclude)
+                holders = self.give_back_if_abandoned(exclude())
                 if not said and holders != []:  # nobody: we look once more before saying
                     warn(f"waiting for Qt's lock on {self.name}, held by " + (
                         "one of: " + ", ".join(map(process_name, holders)) if holders else
@@ -864,7 +877,8 @@ def semaphore_holders(name, exclude=()):
 
 
 def waits_on(pid, spans):
-    """True if a thread of pid waits in futex() on an address inside spans."""
+    """True if a thread of pid waits in futex() on an address inside spans (a Qt program
+    in lock(), say; a holder never waits on the lock it holds)."""
     try:
         for thread in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{thread}/syscall") as syscall:
@@ -872,7 +886,7 @@ def waits_on(pid, spans):
             if call[0] == str(FUTEX) and any(start <= int(call[1], 16) < end
                                              for start, end in spans):
                 return True
-    except (OSError, IndexError, ValueError):
+    except (OSError, IndexError, ValueError):  # gone, or not ours to read
         pass
     return False
 
@@ -893,7 +907,7 @@ class SystemVSemaphore:
 
     def open(self, create):
         key, made = ipc_key(self.key_file, create)
-        self.made_key_file = self.made_key_file or made
+        self.made_key_file = made or self.made_key_file  # the one we made last
         semid = libc.semget(key, 1, 0o600 | IPC_CREAT | IPC_EXCL if create else 0)
         if semid != -1 and create:  # a new set starts at 0: make it a free lock, as Qt does
             c_call(libc.semctl(semid, 0, SETVAL, ctypes.c_int(1)), self.key_file)
@@ -929,7 +943,7 @@ class SystemVSemaphore:
                 if give_up():
                     return False
 
-    def acquire(self, give_up, exclude=()):
+    def acquire(self, give_up, exclude=set):
         return self.change(-1, give_up)
 
     def release(self):

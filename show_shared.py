@@ -34,7 +34,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 import shmcodec  # noqa: E402
-from shmcodec import DATA_LOCK, tell  # noqa: E402
+from shmcodec import DATA_LOCK, WAITING_LOCK, tell  # noqa: E402
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
@@ -139,7 +139,7 @@ def read_segment(key, read):
             logbook = died_writing = None  # it speaks of the other kind of segment
         # A loader that died while writing died holding Qt's lock: do not wait for it. A
         # live one cannot hold it while we hold DATA_LOCK: it is no candidate holder.
-        with qt_lock_held(kind, skip=died_writing, loader=live_loader):
+        with qt_lock_held(kind, lock_file, skip=died_writing, loader=live_loader):
             try:
                 segment = kind.attach()
             except FileNotFoundError:  # a Qt program removed it meanwhile
@@ -159,12 +159,14 @@ def nothing_loaded(key):
 
 
 @contextlib.contextmanager
-def qt_lock_held(kind, skip, loader):
+def qt_lock_held(kind, lock_file, skip, loader):
     """sharedMem.lock(), Qt's half: hold the semaphore that a Qt program's lock() takes.
 
-    If there is none, no Qt program holds one: go on without. While we hold it, a stop
-    signal waits, since a POSIX semaphore has no undo and one left taken by a dead process
-    would block Qt for ever; a stop that comes while we wait for it ends us at once.
+    If there is none, no Qt program holds one: go on without. While we wait for it, we
+    hold WAITING_LOCK, so that another viewer never takes us for a holder; our live
+    loader (pid loader) cannot hold it either, since we hold DATA_LOCK. While we hold it,
+    a stop signal waits, since a POSIX semaphore has no undo and one left taken by a dead
+    process would block Qt for ever; a stop that comes while we wait for it ends us at once.
     """
     try:
         qt_lock = None if skip else kind.open_qt_lock()
@@ -175,7 +177,12 @@ def qt_lock_held(kind, skip, loader):
         return
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        qt_lock.acquire(give_up=end_if_stopped, exclude={loader})
+        if lock_file:
+            lock_file.lock(WAITING_LOCK, exclusive=False)
+        qt_lock.acquire(give_up=end_if_stopped,
+                        exclude=lambda: {loader} | (lock_file.waiters() if lock_file else set()))
+        if lock_file:
+            lock_file.unlock(WAITING_LOCK)
         try:
             yield
         finally:
