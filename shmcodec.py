@@ -13,11 +13,12 @@ plain `setKey("MySharedMemory")` and every Qt 5 program, a System V segment.
 The lock file. Our own rules (a reader never sees half a text, one loader per key, what a
 crash left behind) live in fcntl locks on one lock file per key, qshm-KEY.lock in a
 directory of this user's alone ($XDG_RUNTIME_DIR, else $TMPDIR/qshm-UID or /tmp/qshm-UID;
-a key too long for a file name is cut and ends in its sha1). It holds two one-byte locks:
+a key too long for a file name is cut and ends in its sha1). It holds one-byte locks:
   DATA_LOCK  a loader holds it exclusively while it writes, readers share it while they
              read: nobody ever sees half a text.
   OWNER_LOCK the loader holds it for as long as it lives. The kernel drops it when the
              loader dies, even by SIGKILL, so "is the owner alive?" needs no pid guessing.
+  WAITING_LOCK a viewer shares it while it waits for Qt's lock: it is no holder of that.
 The file's text is the loader's logbook, "PID writing KIND" or "PID loaded KIND". A clean
 exit empties it, so a logbook left behind with a free OWNER_LOCK means the loader died.
 
