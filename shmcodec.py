@@ -449,10 +449,6 @@ class ReadOnlySegment:
             self.size = info.st_size
             # mmap cannot map 0 bytes: a 0-byte segment reads as no bytes.
             self._map = mmap.mmap(fd, self.size, prot=mmap.PROT_READ) if self.size else b""
-            try:  # every page at once, not a page fault at a time (see AttachedSegment)
-                self.size and self._map.madvise(MADV_POPULATE_READ)
-            except OSError:  # before Linux 5.14: the pages come by faults, as ever
-                pass
         finally:
             os.close(fd)
         self.buf = memoryview(self._map)
@@ -700,9 +696,9 @@ class AttachedSegment:
         self.shmid, self._address = shmid, address
         self.size = shm_status(shmid).segsz  # the size, as Qt's attach() learns it
         if readonly:
-            # The kernel maps System V memory a page per fault, which makes reading it all
-            # take up to twice as long: so map all pages at once (Linux 5.14 and later; an
-            # older kernel refuses the advice, and the pages come by faults as before).
+            # The kernel maps System V memory a page per fault, where a POSIX mapping gets
+            # its neighbours too, which makes reading it all take up to twice as long: so
+            # map all pages at once (Linux 5.14 and later; an older kernel ignores it).
             libc.madvise(address, self.size, MADV_POPULATE_READ)
         # A view of the mapped bytes, without a copy; close() releases it before shmdt().
         memory = (ctypes.c_ubyte * self.size).from_address(address)
