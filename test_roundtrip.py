@@ -256,6 +256,14 @@ class ProcessTestCase(unittest.TestCase):
             line += chunk
         return line.decode()
 
+    def start_typing(self, *args, text="first"):
+        """Start an interactive load_shared.py (a text a line), and load text with it."""
+        loader = self.start(*args, stdin=subprocess.PIPE)
+        loader.stdin.write(text.encode() + b"\n")
+        loader.stdin.flush()
+        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        return loader
+
     def start_loader(self, *args, **kwargs):
         """Start load_shared.py and wait until it has loaded its text."""
         loader = self.start(*args, **kwargs)
@@ -820,10 +828,7 @@ class DeathTest(ProcessTestCase):
         self.assert_nothing_left()
 
     def test_a_viewer_killed_inside_qt_lock_blocks_nobody(self):
-        loader = self.start(stdin=subprocess.PIPE)
-        loader.stdin.write(b"x" * BIG + b"\n")
-        loader.stdin.flush()
-        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        loader = self.start_typing(text="x" * BIG)
         viewer = self.viewer_stopped_inside_qt_lock()
         viewer.kill()  # SIGKILL: a POSIX semaphore has no undo, the lock stays taken
         viewer.wait()
@@ -864,10 +869,7 @@ class DeathTest(ProcessTestCase):
         for sysv in ((), ("--sysv",)):
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with self.subTest(sysv=sysv, signal=signum):
-                    loader = self.start(*sysv, stdin=subprocess.PIPE)
-                    loader.stdin.write(b"first\n")
-                    loader.stdin.flush()
-                    self.assertRegex(self.wait_line(loader), "^Loaded ")
+                    loader = self.start_typing(*sysv)
                     viewer = self.viewer_stopped_holding_the_data_lock(sysv)
                     loader.stdin.write(b"second\n")
                     loader.stdin.flush()
@@ -902,7 +904,8 @@ class DeathTest(ProcessTestCase):
                                                if script == LOADER else self.start(script=script),
                                                timeout=10)
                 self.assertEqual((status, out), (1, b""))
-                self.assert_one_line(err, f"/{self.key}")
+                self.assert_one_line(err, f"/{self.key}", "not a shared-memory segment"
+                                     if script == VIEWER else "did not make it")
                 self.assertTrue(stat.S_ISFIFO(os.lstat(self.segment_path).st_mode))
 
     def test_a_segment_made_but_not_written_yet(self):
@@ -1281,6 +1284,21 @@ class TwoUsersTest(ProcessTestCase):
         self.assertEqual(other.users(), 1)  # still there, untouched
         self.assertNotIn(("shm", first_shmid), system_v_objects())  # b's own was removed
         self.assertTrue(os.path.islink(own.key_file))  # and the symlink left alone
+        os.unlink(own.key_file)
+        # The same with a regular file of Mallory's in its place: never a key of ours.
+        loader = self.as_user(b, "load_shared.py", "--sysv", stdin=subprocess.PIPE)
+        loader.stdin.write(b"first\n")
+        loader.stdin.flush()
+        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        os.unlink(own.key_file)
+        before = self.plant(a, own.key_file, lambda p: open(p, "w").close())
+        loader.stdin.write(b"second\n")
+        loader.stdin.close()
+        status, out, err = self.finish(loader)
+        self.assertEqual((status, out), (1, b""))
+        self.assert_one_line(err, own.key_file, f"belongs to user {a.pw_name}")
+        self.assertEqual(os.lstat(own.key_file).st_ino, before.st_ino)
+        self.assertEqual(self.system_v_left(), {("shm", other.shmid())})  # b's are gone
 
     def test_one_key_one_user_whichever_kind(self):
         a, b = self.users
@@ -1393,20 +1411,8 @@ class VerboseTest(ProcessTestCase):
     def test_loader_says_it_waits_for_a_stopped_viewer(self):
         for sysv in ((), ("--sysv",)):
             with self.subTest(sysv=sysv):
-                loader = self.start(*sysv, stdin=subprocess.PIPE)
-                loader.stdin.write(b"first\n")
-                loader.stdin.flush()
-                self.assertRegex(self.wait_line(loader), "^Loaded ")
-                # Hold Qt's lock, so that a viewer stops with our shared lock held...
-                qt_lock = self.segment_kind(sysv).open_qt_lock()
-                self.addCleanup(qt_lock.close)
-                qt_lock.acquire(give_up=lambda: False)
-                viewer = self.start(script=VIEWER)
-                deadline = time.monotonic() + TIMEOUT
-                while not holds_a_lock(viewer.pid) and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                viewer.send_signal(signal.SIGSTOP)  # ...as Ctrl-Z would stop it
-                qt_lock.release()
+                loader = self.start_typing(*sysv)
+                viewer = self.viewer_stopped_holding_the_data_lock(sysv)
                 loader.stdin.write(b"second\n")
                 loader.stdin.flush()
                 started = time.monotonic()
@@ -1745,11 +1751,7 @@ class QtPeerTests:
         sysv = ("--sysv",) if key_kind == "legacy" else ()
         if args:
             return self.start_loader(*sysv, *args, **kwargs)
-        loader = self.start(*sysv, stdin=subprocess.PIPE)  # interactive: a text a line
-        loader.stdin.write(b"first\n")
-        loader.stdin.flush()
-        self.assertRegex(self.wait_line(loader), "^Loaded ")
-        return loader
+        return self.start_typing(*sysv)
 
     def kind(self, key_kind):
         return self.segment_kind(sysv=key_kind == "legacy")
