@@ -814,15 +814,23 @@ class DeathTest(ProcessTestCase):
     def test_a_viewer_without_memory_leaves_the_segment_alone(self):
         # SharedMemory(name) unlinks a segment that it fails to map (CPython issue 153279).
         loader = self.load_big()
-        limit = 60 << 20  # enough to start Python, not to map 64 MiB
-
-        def set_limit():
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        status, out, err = self.finish(self.start(script=VIEWER, preexec_fn=set_limit))
-        self.assertEqual((status, out), (1, b""))
-        self.assert_one_line(err, "Cannot allocate memory")
-        status, out, err = self.show()  # the text is whole, and still there
-        self.assertEqual((status, len(out), err), (0, BIG + 1, ""))
+        said = set()
+        # Enough to start Python, but not to map 64 MiB; then not to decode it; then enough.
+        for mib in (60, 96, 104, 112, 200):
+            def set_limit(limit=mib << 20):
+                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            with self.subTest(limit_mib=mib):
+                status, out, err = self.finish(self.start(script=VIEWER, preexec_fn=set_limit))
+                if status:
+                    self.assertEqual((status, out), (1, b""))
+                    self.assert_one_line(err)
+                    said.add(err)
+                else:
+                    self.assertEqual((len(out), err), (BIG + 1, ""))
+                status, out, err = self.show()  # the text is whole, and still there
+                self.assertEqual((status, len(out), err), (0, BIG + 1, ""))
+        self.assertEqual({line.split(": ", 1)[1].strip() for line in said},
+                         {"Cannot allocate memory", "not enough memory to decode the text"})
         loader.terminate()
         self.assertEqual(self.finish(loader)[0], 0)
         self.assert_nothing_left()
