@@ -639,8 +639,9 @@ class SystemV:
             c_call(libc.shmctl(shmid, IPC_RMID, None), self.name)
             tell("remove", f"shmctl(IPC_RMID): shmid {shmid}; unlink "
                            f"{os.path.basename(self.key_file)}")
-        except FileNotFoundError:
-            pass
+        except OSError as error:
+            if error.errno not in (errno.ENOENT, errno.EINVAL, errno.EIDRM):  # not gone
+                raise
         remove_key_file(self.key_file, self.made_key_file)
 
     def users(self):
