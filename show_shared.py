@@ -77,7 +77,8 @@ def read_text(key):
         if dead_loader and dead_loader.state != "loaded":  # its logbook says "writing"
             raise Failure(f"load_shared.py (pid {dead_loader.pid}) died while writing "
                           f"{kind.name}; there is no whole text to show")
-        if not logbook and len(buffer) > 4 and buffer.tobytes().count(0) == len(buffer):
+        if not logbook and len(buffer) > 4 and not any(buffer[:4]) and \
+                buffer.tobytes().count(0) == len(buffer):  # copied only after a count of 0
             raise NotWrittenYet
         try:
             text = shmcodec.decode_qstring(buffer)
