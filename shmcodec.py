@@ -141,9 +141,10 @@ MAX_SYSTEM_V_LETTERS = 255 - len("qipc_sharedmemory_") - 40
 
 def system_v_key_problem(key):
     """Return why key cannot name a Qt System V segment, or None if it can."""
-    if len(key_letters(key)) > MAX_SYSTEM_V_LETTERS:
-        return (f"--sysv: key has {len(key_letters(key))} letters; Qt's key file name "
-                f"allows {MAX_SYSTEM_V_LETTERS}")
+    letters = len(key_letters(key))
+    if letters > MAX_SYSTEM_V_LETTERS:
+        return (f"--sysv: key has {letters} letters; Qt's key file name allows "
+                f"{MAX_SYSTEM_V_LETTERS}")
     return None
 
 
@@ -210,7 +211,7 @@ def user_name(uid):
 
 
 class LockFile:
-    """The key's lock file (see the top of this module): two byte locks and the logbook."""
+    """The key's lock file (see the top of this module): its byte locks and the logbook."""
 
     def __init__(self, key, create=True):
         """Open (with create, make: mode 0600) the key's lock file.
@@ -245,7 +246,7 @@ class LockFile:
         tell("our lock file", f"open {self.path}")
 
     def lock(self, which, exclusive, step=None, wait=True, give_up=lambda: False):
-        """Take one of the two byte locks; return False if someone holds it and we may not
+        """Take one of the byte locks; return False if someone holds it and we may not
         wait, or give_up() says to stop waiting (a stop signal came).
 
         fcntl has no timed wait, so a wait is a try every 10 ms: that lets us say, after a
@@ -753,7 +754,7 @@ class PosixSemaphore:
 
     A named semaphore has no undo: a process that dies holding it leaves it taken, and
     Qt's lock() then waits for ever. So while we wait, we look (Linux) for who may hold
-    it; when no living process can, we give it back (see holders()).
+    it; when no living process can, we give it back (see semaphore_holders()).
     """
 
     def __init__(self, name, create):
@@ -1036,15 +1037,11 @@ def parse_command_line(usage, flags=(), valued=(), most_operands=0):
             sys.exit(0)
         elif arg == "--":  # what follows is an operand, even "-" or one starting with "-"
             operands.extend(args)
-        elif name == "--verbose":
-            if equals:
-                usage_error(f"{name} takes no value")
-            verbose = True
         elif name == "--key":
             key = value if equals else next(args, None)
             if key is None:
                 usage_error("--key needs a KEY")
-        elif name in flags:
+        elif name == "--verbose" or name in flags:
             if equals:
                 usage_error(f"{name} takes no value")
             options[name] = True
@@ -1054,6 +1051,7 @@ def parse_command_line(usage, flags=(), valued=(), most_operands=0):
             usage_error(f"unknown option {arg}")
         else:
             operands.append(STDIN if arg == "-" else arg)
+    verbose = options.pop("--verbose", False)
     if len(operands) > most_operands:
         usage_error(f"unexpected argument {operands[most_operands]!r}")
     problem = key_problem(key)

@@ -89,7 +89,7 @@ def read_text(key):
             raise Failure(f"segment {kind.name} ({len(buffer)} bytes) holds no QString: "
                           f"{error}") from None
 
-    for attempt in range(10):  # give a Qt writer a second to write what it created
+    for _ in range(10):  # give a Qt writer a second to write what it created
         try:
             text, dead_loader = read_segment(key, decode)
             break

@@ -30,6 +30,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LOADER = os.path.join(HERE, "load_shared.py")
 VIEWER = os.path.join(HERE, "show_shared.py")
 TIMEOUT = 60  # seconds for any one step; generous, the machines are shared
+needs_system_v = unittest.skipUnless(shmcodec.SYSTEM_V_HERE,
+                                     "System V segments are used on 64-bit Linux only")
 BIG = 32 << 20  # characters of a text that takes a viewer a while to read (64 MiB)
 GETPID = 11  # semctl(): the pid of the last process that changed a System V semaphore
 
@@ -1037,9 +1039,8 @@ class RulesTest(ProcessTestCase):
         self.assertEqual(self.finish(loader)[0], 0)
         self.assert_nothing_left()
 
+    @needs_system_v
     def test_a_dead_posix_loader_is_cleared_by_a_system_v_loader(self):
-        if not shmcodec.SYSTEM_V_HERE:
-            self.skipTest("System V segments are used on 64-bit Linux only")
         self.kill_while_writing()  # it dies holding Qt's POSIX lock
         stuck = shmcodec.Posix(self.key).open_qt_lock()
         self.addCleanup(stuck.close)
@@ -1055,9 +1056,8 @@ class RulesTest(ProcessTestCase):
         self.assertEqual(self.finish(loader)[0], 0)
         self.assert_nothing_left()
 
+    @needs_system_v
     def test_a_system_v_lock_removed_by_its_maker_while_a_viewer_waits(self):
-        if not shmcodec.SYSTEM_V_HERE:
-            self.skipTest("System V segments are used on 64-bit Linux only")
         system_v = self.segment_kind(sysv=True)
         theirs = system_v.make(16)  # a Qt program's segment and lock, as a Qt program holds them
         self.addCleanup(lambda: (theirs.close(), system_v.remove()))
