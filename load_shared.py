@@ -37,7 +37,7 @@ import select  # noqa: E402
 import sys  # noqa: E402
 
 import shmcodec  # noqa: E402
-from shmcodec import DATA_LOCK, OWNER_LOCK, tell  # noqa: E402
+from shmcodec import DATA_LOCK, OWNER_LOCK, stopped, tell  # noqa: E402
 
 
 class Failure(Exception):
@@ -50,15 +50,16 @@ def main():
     try:
         if text is shmcodec.STDIN:
             text = read_stdin()  # before we own anything: a Ctrl-C here just ends us
+        shmcodec.fill_standard_fds()  # without standard input: typed lines end at once
         # 1. The key's lock file, which show_shared.py (and any other loader) opens too.
         lock_file = shmcodec.LockFile(key)
         # 2. From here on, Ctrl-C and kill are noted, never cut a step in half, and end
-        #    every wait (see watch_stop_signals).
-        watch_stop_signals()
+        #    every wait (see shmcodec.watch_stop_signals).
+        shmcodec.watch_stop_signals()
         # 3. Own the key: one loader at a time, and clear away what a dead one left.
         become_owner(lock_file, kind, replace)
         # 4. Qt's lock for this kind of segment, made afresh as Qt's create() makes it.
-        qt_lock = kind.open_qt_lock(create=True)
+        qt_lock = kind.open_qt_lock(lock_file, create=True)
         # 5. Load the text (each line typed replaces it), 6. and hold it until told to stop.
         if text is None:
             for line in lines_until_stopped(kind, qt_lock):
@@ -97,9 +98,9 @@ def load(lock_file, qt_lock, kind, text, old_segment):
         if not qt_lock.acquire(give_up=stopped):  # then Qt's
             raise Failure(f"stopped while waiting for Qt's lock on {kind.name}{not_loaded}")
         try:
-            # The logbook says "writing" from before the segment exists until Qt's lock is
-            # given back, and "loaded" after: a crash at any point leaves a state that the
-            # next run can read, and tells it whether the dead loader held Qt's lock.
+            # The logbook says "writing" while the segment may hold half a text, and
+            # "loaded" once it is whole: a crash at any point leaves a state that the next
+            # run, and every viewer, can read.
             lock_file.write_logbook("writing", kind)
             if old_segment:
                 # A segment has a fixed size, so a new text needs a new segment, and the
@@ -117,9 +118,9 @@ def load(lock_file, qt_lock, kind, text, old_segment):
             segment.buf[:len(prefix)] = prefix
             segment.buf[len(prefix):size] = payload
             tell("memcpy(to, from, size)", f"{size} bytes into {kind.name}")
+            lock_file.write_logbook("loaded", kind)
         finally:
             qt_lock.release()
-        lock_file.write_logbook("loaded", kind)
     finally:
         lock_file.unlock(DATA_LOCK, step="unlock(), our half")
     report(f"Loaded {size} bytes into {kind.name}")
@@ -140,7 +141,9 @@ def release(lock_file, kind, segment, qt_lock):
         kind.remove(segment)
         lock_file.write_logbook("")
     if qt_lock:
-        qt_lock.close()  # its maker removes Qt's semaphore (and key file), as Qt does
+        # Its maker removes Qt's lock (and key file), as Qt does, but only while holding it:
+        # we wait for a holder, unless we were told to stop.
+        qt_lock.close(give_up=stopped)
     if locked:
         lock_file.unlock(DATA_LOCK, step="release")
 
@@ -173,7 +176,7 @@ def become_owner(lock_file, kind, replace):
                 say(f"replacing {left.name}, left behind by load_shared.py "
                     f"(pid {logbook.pid}), which is gone")
                 left.remove()
-            clear_qt_lock_of(left, held=logbook.state == "writing", reused=left.tag == kind.tag)
+            clear_qt_lock_of(lock_file, left, reused=left.tag == kind.tag)
         if kind.exists():
             users = kind.users()  # processes attached, or None where the system cannot tell
             if users == 0:
@@ -194,16 +197,15 @@ def become_owner(lock_file, kind, replace):
         lock_file.unlock(DATA_LOCK, step="own the key")
 
 
-def clear_qt_lock_of(left, held, reused):
-    """A dead loader's Qt lock: give it back if the loader died holding it, so that whoever
+def clear_qt_lock_of(lock_file, left, reused):
+    """A dead loader's Qt lock: give it back if the loader died inside it, so that whoever
     waits on it (a Qt program) goes on; remove it if we will not use that kind."""
     try:
-        stuck = left.open_qt_lock()
+        stuck = left.open_qt_lock(lock_file)
     except FileNotFoundError:
         return
-    if held:  # the logbook says it may have: give it back if no living process holds it
-        stuck.give_back_if_abandoned(looks=1)
-    stuck.made = not reused  # our own open_qt_lock(create=True) replaces one of our kind
+    stuck.look_for_dead_holder()  # its Qt record proves that it died inside
+    stuck.made = not reused  # our own open_qt_lock(create=True) takes over one of our kind
     stuck.close()
 
 
@@ -242,29 +244,6 @@ def read_stdin():
         raise Failure(f"standard input is not valid UTF-8 (byte {error.start})") from None
 
 
-stop_fd = None  # the self-pipe's read end, once watch_stop_signals() has made it
-
-
-def watch_stop_signals():
-    """Make Ctrl-C, SIGTERM and SIGHUP wake us where we wait, instead of stopping us mid-step.
-
-    The self-pipe trick: a signal's only effect is a byte written to a pipe. Every wait of
-    ours watches that pipe (select, or stopped() between tries), so a stop ends a wait at
-    once, but never cuts a write or the release in half.
-    """
-    global stop_fd
-    stop_fd, write_end = os.pipe()
-    os.set_blocking(write_end, False)
-    signal.set_wakeup_fd(write_end)
-    for each in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(each, lambda signum, frame: None)  # the byte in the pipe is enough
-
-
-def stopped():
-    """True once a stop signal has come (its byte waits in the pipe), or before we watch."""
-    return stop_fd is None or bool(select.select([stop_fd], [], [], 0)[0])
-
-
 def wait_for_input_or_stop(qt_lock, stdin):
     """Wait until a stop signal comes or (with stdin) input does; return True for input.
 
@@ -272,12 +251,13 @@ def wait_for_input_or_stop(qt_lock, stdin):
     a Qt program never waits on a dead one while we idle.
     """
     while True:
-        ready, _, _ = select.select([stop_fd, 0] if stdin else [stop_fd], [], [], 1)
-        if stop_fd in ready:
+        stop = shmcodec.stop_pipe
+        ready, _, _ = select.select([stop, 0] if stdin else [stop], [], [], 1)
+        if stop in ready:
             return False
         if ready:
             return True
-        qt_lock.give_back_if_abandoned()
+        qt_lock.look_for_dead_holder()
 
 
 def lines_until_stopped(kind, qt_lock):

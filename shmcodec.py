@@ -18,9 +18,12 @@ a key too long for a file name is cut and ends in its sha1). It holds one-byte l
              read: nobody ever sees half a text.
   OWNER_LOCK the loader holds it for as long as it lives. The kernel drops it when the
              loader dies, even by SIGKILL, so "is the owner alive?" needs no pid guessing.
-  WAITING_LOCK a viewer shares it while it waits for Qt's lock: it is no holder of that.
-The file's text is the loader's logbook, "PID writing KIND" or "PID loaded KIND". A clean
-exit empties it, so a logbook left behind with a free OWNER_LOCK means the loader died.
+  QT_TURN    whichever process of ours waits for Qt's POSIX lock, or holds it, holds this
+             one: our processes take turns at Qt's lock, one at a time.
+The file's text is two lines: the loader's logbook, "PID writing KIND" or "PID loaded
+KIND" (a clean exit empties it, so a logbook left behind with a free OWNER_LOCK means the
+loader died), and the Qt record, "PID inside DEVICE INODE PROGRAM" while that process of
+ours is inside Qt's POSIX lock.
 
 Qt's lock. Qt's `lock()`/`unlock()` take a semaphore, and so do we, always after our lock
 file, so that a Qt program and these scripts never write and read at once.
@@ -32,6 +35,8 @@ import fcntl
 import hashlib  # already loaded by multiprocessing.shared_memory: free here
 import mmap  # likewise
 import os
+import select
+import signal
 import stat
 import sys
 import time
@@ -154,9 +159,10 @@ def key_letters(key):
 
 # --- The lock file -------------------------------------------------------------------------
 
-DATA_LOCK, OWNER_LOCK = 0, 1  # byte offsets of the two locks in the lock file
-WAITING_LOCK = 2  # a viewer that waits for Qt's lock holds it shared: see waiters()
-LOCK_NAMES = {DATA_LOCK: "data", OWNER_LOCK: "owner", WAITING_LOCK: "waiting"}
+DATA_LOCK, OWNER_LOCK, QT_TURN = 0, 1, 2  # byte offsets of the locks in the lock file
+LOCK_NAMES = {DATA_LOCK: "data", OWNER_LOCK: "owner", QT_TURN: "Qt turn"}
+LOGBOOK, QT_RECORD = 0, 1  # the file's two lines, each LINE bytes long
+LINE = 64
 
 
 class LockFileError(OSError):
@@ -245,15 +251,16 @@ class LockFile:
         self.fd = fd
         tell("our lock file", f"open {self.path}")
 
-    def lock(self, which, exclusive, step=None, wait=True, give_up=lambda: False):
+    def lock(self, which, exclusive, step=None, wait=True, give_up=lambda: False,
+             waiting_for=None, held_by="held by {}"):
         """Take one of the byte locks; return False if someone holds it and we may not
         wait, or give_up() says to stop waiting (a stop signal came).
 
         fcntl has no timed wait, so a wait is a try every 10 ms: that lets us say, after a
         second, that we wait and for whom, and stop when told, instead of hanging.
         """
-        notice = waiting_notice(f"the lock on key {self.key!r} ({self.path})",
-                                lambda: self.holder(which, exclusive))
+        notice = waiting_notice(waiting_for or f"the lock on key {self.key!r} ({self.path})",
+                                lambda: held_by.format(self.holder(which, exclusive)))
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         while True:
             try:
@@ -280,11 +287,23 @@ class LockFile:
             return "another process"
         wanted = Flock(fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK, os.SEEK_SET, which, 1)
         found = Flock.from_buffer_copy(fcntl.fcntl(self.fd, fcntl.F_GETLK, bytes(wanted)))
-        return process_name(found.pid) if found.type != fcntl.F_UNLCK else "another process"
+        if found.type == fcntl.F_UNLCK:
+            return "another process"
+        # pid 0: a process that this PID namespace does not show
+        return process_name(found.pid) if found.pid else "a process in another PID namespace"
+
+    def read_line(self, line):
+        """The words of one of the file's two lines (LOGBOOK, QT_RECORD); [] if it is empty."""
+        return os.pread(self.fd, LINE, line * LINE).decode("ascii", "replace").split()
+
+    def write_line(self, line, text):
+        """Write one line, padded to its full length, so that no tail of a longer line
+        that was there before stays behind."""
+        os.pwrite(self.fd, text.ljust(LINE - 1).encode() + b"\n", line * LINE)
 
     def read_logbook(self):
         """Return the Logbook (pid, state, kind tag) in the file, or None if it is empty."""
-        words = os.pread(self.fd, 64, 0).decode("ascii", "replace").split()
+        words = self.read_line(LOGBOOK)
         if len(words) >= 2 and words[0].isdigit():
             kind = words[2] if len(words) > 2 and words[2] in KINDS else Posix.tag
             return Logbook(int(words[0]), words[1], kind)
@@ -292,19 +311,19 @@ class LockFile:
 
     def write_logbook(self, state, kind=None):
         """Note "PID state kind" in the file; an empty state empties it."""
-        line = f"{os.getpid()} {state} {kind.tag}\n".encode() if state else b""
-        os.pwrite(self.fd, line, 0)
-        os.ftruncate(self.fd, len(line))
-        tell("logbook", f"{line.decode().strip() or '(empty)'} in our lock file")
+        line = f"{os.getpid()} {state} {kind.tag}" if state else ""
+        self.write_line(LOGBOOK, line)
+        tell("logbook", f"{line or '(empty)'} in our lock file")
 
-    def waiters(self):
-        """The pids that hold WAITING_LOCK: viewers of ours that only wait for Qt's lock,
-        as Linux's /proc/locks lists them ("1: POSIX ADVISORY READ PID MAJ:MIN:INODE 2 2").
-        A waiter is never taken for a holder, even while it looks around itself."""
-        inode = f":{os.fstat(self.fd).st_ino} {WAITING_LOCK} {WAITING_LOCK}"
+    def lockers(self):
+        """The pids of the processes that hold a byte lock on this file (Linux's /proc/locks:
+        "1: POSIX  ADVISORY  READ 4242 00:2b:1234 0 0"): our own loader and viewers."""
+        info = os.fstat(self.fd)
+        where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
         try:
             with open("/proc/locks") as locks:
-                return {int(line.split()[4]) for line in locks if line.rstrip().endswith(inode)}
+                return {int(fields[4]) for fields in (line.split() for line in locks)
+                        if len(fields) > 5 and fields[1] == "POSIX" and fields[5] == where}
         except OSError:
             return set()
 
@@ -429,8 +448,8 @@ class Posix:
                 pass
         return found
 
-    def open_qt_lock(self, create=False):
-        return PosixSemaphore(self.name, create)
+    def open_qt_lock(self, lock_file=None, create=False):
+        return PosixSemaphore(self.name, create, lock_file)
 
     def describe(self, size):
         where = f" = /dev/shm/{self.key}" if sys.platform.startswith("linux") else ""
@@ -529,29 +548,37 @@ def ipc_key(key_file, create):
     """ftok(key_file, 'Q'): the number the kernel knows the segment or semaphore by.
 
     ftok() reads the file's inode, so the file must exist: with create, make it as Qt does
-    (mode 0640). The temporary directory is everyone's, so a key file may be a trap: one
-    that is a symlink, not a regular file, or another user's is never used to make
-    anything (a symlink is not even followed to look). Returns (IPC key, the inode we
-    made, or None).
+    (mode 0640). Its maker may remove it at any moment (a Qt program that quits): then we
+    make it, and try again. The temporary directory is everyone's, so a key file may be a
+    trap: one that is a symlink, not a regular file, or another user's is never used to
+    make anything (a symlink is not even followed to look). Returns (IPC key, the inode
+    we made, or None).
     """
     made = None
-    if create:
+    while True:
+        if create:
+            try:
+                fd = os.open(key_file, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW,
+                             0o640)
+                made = os.fstat(fd).st_ino
+                os.close(fd)
+            except FileExistsError:
+                pass
         try:
-            fd = os.open(key_file, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW, 0o640)
-            made = os.fstat(fd).st_ino
-            os.close(fd)
-        except FileExistsError:
-            pass
-    info = os.lstat(key_file)  # FileNotFoundError if there is none
-    if stat.S_ISLNK(info.st_mode) and not create:
-        raise FileNotFoundError(errno.ENOENT, "a symlink, not followed", key_file)
-    problem = ("is a symlink" if stat.S_ISLNK(info.st_mode) else
-               "is not a regular file" if not stat.S_ISREG(info.st_mode) else
-               f"belongs to user {user_name(info.st_uid)}"
-               if create and info.st_uid != os.geteuid() else None)
-    if problem:
-        raise KeyFileError(f"Qt's key file {key_file} {problem}; refusing to use it")
-    return c_call(libc.ftok(os.fsencode(key_file), QT_FTOK_ID), key_file), made
+            info = os.lstat(key_file)  # FileNotFoundError if there is none
+            if stat.S_ISLNK(info.st_mode) and not create:
+                raise FileNotFoundError(errno.ENOENT, "a symlink, not followed", key_file)
+            problem = ("is a symlink" if stat.S_ISLNK(info.st_mode) else
+                       "is not a regular file" if not stat.S_ISREG(info.st_mode) else
+                       f"belongs to user {user_name(info.st_uid)}"
+                       if create and info.st_uid != os.geteuid() else None)
+            if problem:
+                raise KeyFileError(f"Qt's key file {key_file} {problem}; refusing to use it")
+            return c_call(libc.ftok(os.fsencode(key_file), QT_FTOK_ID), key_file), made
+        except FileNotFoundError:
+            if not create:
+                raise
+            # Gone between our try and our look: its maker quit. Make it now.
 
 
 class KeyFileError(OSError):
@@ -673,7 +700,7 @@ class SystemV:
                                            "gone)" if nobody else ""))
         return found + key_files
 
-    def open_qt_lock(self, create=False):
+    def open_qt_lock(self, lock_file=None, create=False):
         return SystemVSemaphore(self.lock_key_file, create, self.name)
 
     def describe(self, size):
@@ -742,152 +769,412 @@ KINDS = {kind.tag: kind for kind in (Posix, SystemV)}
 
 # --- Qt's lock: the semaphores behind QSharedMemory::lock() and unlock() -----------------------
 #
-# Each waits in slices of a tenth of a second, so that the caller's give_up() can end a long
-# wait (a stop signal, say); acquire() returns False when it did. close() removes the
-# semaphore when this process made it, as Qt's own cleanup does.
+# acquire(give_up) waits until the lock is ours (True) or give_up() says to stop (False: a
+# stop signal came); release() gives it back; close() lets go of it, and removes it when
+# this process made it, as Qt's own cleanup does, but only while holding it: nobody inside
+# it ever finds it gone. look_for_dead_holder() is for an idle loader, once a second.
 
 WAIT_SLICE = 0.1  # seconds
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 class PosixSemaphore:
     """Qt's lock for /KEY: the POSIX named semaphore /KEY (/dev/shm/sem.KEY on Linux).
 
     A named semaphore has no undo: a process that dies holding it leaves it taken, and
-    Qt's lock() then waits for ever. So while we wait, we look (Linux) for who may hold
-    it; when no living process can, we give it back (see semaphore_holders()).
+    every lock() then waits for ever. So we give it back, but only on proof of that death,
+    never on a guess (a lock that admits two is worse than a wait):
+      - a process of ours proves it through the kernel. Ours take turns at the semaphore
+        (QT_TURN in the lock file), and the one inside names itself in the Qt record. The
+        kernel drops a dead process's fcntl locks, so whoever gets the turn and finds the
+        record still there knows that its writer died inside: give_back_if_ours_died().
+      - anyone else (a Qt program) can be proven dead only by /proc, on Linux, and only
+        where /proc shows everything: see look() and proven().
     """
 
-    def __init__(self, name, create):
+    def __init__(self, name, create, lock_file):
         # create is Qt's create(): a fresh semaphore, an old one unlinked to make way for
-        # it. Without create, open the one that is there: FileNotFoundError if none.
-        self.name, self.made, self.empty_looks = name, create, 0
+        # it; but one that is taken is kept, for its holder may be alive: two processes
+        # must never be inside /KEY at once. Without create, open the one that is there:
+        # FileNotFoundError if none.
+        self.name, self.made, self.lock_file, self.last_look = name, create, lock_file, None
+        self.held = False  # by this process, between acquire() and release()
         for _ in range(3):  # as Qt: another process may make one again in between
             handle = libc.sem_open(name.encode(), os.O_CREAT | os.O_EXCL if create else 0,
                                    ctypes.c_uint(0o600), ctypes.c_uint(1))
             if handle or not create or ctypes.get_errno() != errno.EEXIST:
                 break
+            handle = libc.sem_open(name.encode(), 0)
+            if handle and semaphore_value(handle) <= 0:
+                break  # taken: keep it (and remove it when we quit, while we hold it)
+            if handle:
+                libc.sem_close(ctypes.c_void_p(handle))
             libc.sem_unlink(name.encode())
         self.handle = c_call(handle, f"semaphore {name}")
+        self.file = mapped_file(self.handle)  # "DEVICE INODE" of its file, or None
         tell("Qt's lock", f"sem_open(O_CREAT|O_EXCL, value 1): {name}" if create else
              f"sem_open: {name}")
 
-    def acquire(self, give_up, exclude=set):
-        """sem_wait, in slices, so that give_up() can end the wait (then return False).
-
-        Once a second, look who may hold the lock: name them after the first second, or
-        give the lock back when twice in a row nobody living can hold it. exclude() names
-        the pids known not to hold it (our live loader and our waiting viewers, while a
-        viewer of ours waits).
-        """
-        holders, next_look, said = None, time.monotonic() + 1, False
-        while True:
-            if hasattr(libc, "sem_timedwait"):  # Linux; macOS has no timed wait
-                deadline = time.time() + WAIT_SLICE
-                until = Timespec(int(deadline), int(deadline % 1 * 1e9))
-                result = libc.sem_timedwait(ctypes.c_void_p(self.handle), ctypes.byref(until))
-            else:
-                result = libc.sem_trywait(ctypes.c_void_p(self.handle))
-                if result:
-                    time.sleep(WAIT_SLICE / 10)
-            if result == 0:
-                tell("lock(), Qt's half", f"sem_wait: {self.name}")
-                return True
-            if ctypes.get_errno() not in (errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR):
-                c_call(-1, f"semaphore {self.name}")
-            if give_up():
-                return False
-            if time.monotonic() >= next_look:
-                next_look += 1
-                holders = self.give_back_if_abandoned(exclude())
-                if not said and holders != []:  # nobody: we look once more before saying
-                    warn(f"waiting for Qt's lock on {self.name}, held by " + (
-                        "one of: " + ", ".join(map(process_name, holders)) if holders else
-                        "another process (a POSIX semaphore does not say which)"))
-                    said = True
+    def acquire(self, give_up):
+        """lock(), Qt's half: our turn at the semaphore first, then the semaphore."""
+        if self.lock_file is None:  # a viewer that found none (no loader of ours ran here)
+            self.lock_file = LockFile(self.name[1:])
+        if not self.lock_file.lock(QT_TURN, exclusive=True, step="lock(), Qt's half",
+                                   give_up=give_up, waiting_for=f"Qt's lock on {self.name}",
+                                   held_by="behind {}, whose turn it is"):
+            return False
+        try:
+            self.give_back_if_ours_died()
+            got = self.wait(give_up)
+            if got:  # name ourselves at once: from here on, a death of ours can be proven
+                self.lock_file.write_line(QT_RECORD, f"{os.getpid()} inside {self.file} "
+                                                     f"{PROGRAM}")
+        except BaseException:
+            self.lock_file.unlock(QT_TURN)
+            raise
+        if not got:
+            self.lock_file.unlock(QT_TURN)
+            return False
+        self.held = True
+        tell("lock(), Qt's half", f"sem_wait: {self.name}")
+        return True
 
     def release(self):
-        c_call(libc.sem_post(self.handle), f"semaphore {self.name}")
+        """unlock(), Qt's half: the record goes first, so that a death between the two
+        never makes anyone give back a lock that we gave back already."""
+        self.lock_file.write_line(QT_RECORD, "")
+        self.held = False
+        c_call(libc.sem_post(ctypes.c_void_p(self.handle)), f"semaphore {self.name}")
         tell("unlock(), Qt's half", f"sem_post: {self.name}")
+        self.lock_file.unlock(QT_TURN, step="unlock(), Qt's half")
 
     def taken(self):
-        value = ctypes.c_int()
-        libc.sem_getvalue(ctypes.c_void_p(self.handle), ctypes.byref(value))
-        return value.value <= 0
+        return semaphore_value(self.handle) <= 0
 
-    def give_back_if_abandoned(self, exclude=(), looks=2):
-        """Give the lock back if it is taken and, looks times in a row (a second apart),
-        no living process can hold it. Two looks, because a holder may quit and another
-        take the lock during one. Returns the holders found (None: cannot tell; []: none)."""
-        holders = semaphore_holders(self.name, exclude) if self.taken() else None
-        self.empty_looks = self.empty_looks + 1 if holders == [] else 0
-        if self.empty_looks >= looks:
-            warn(f"Qt's lock on {self.name} was left taken by a process that died; "
-                 "giving it back")
-            self.release()
-            self.empty_looks = 0
-        return holders
+    def give_back(self, who=None):
+        """sem_post for a holder proven dead (who: its name, where we know it)."""
+        warn(f"Qt's lock on {self.name} was left taken by "
+             f"{f'{who}, which died inside it' if who else 'a process that died'}; giving it back")
+        c_call(libc.sem_post(ctypes.c_void_p(self.handle)), f"semaphore {self.name}")
 
-    def close(self):
-        libc.sem_close(ctypes.c_void_p(self.handle))
-        if self.made:
+    def give_back_if_ours_died(self):
+        """Call it holding QT_TURN. A Qt record there was written by a process of ours that
+        died inside Qt's lock: alive, it would hold QT_TURN. Give the lock back, if it is
+        still taken and still the semaphore that the record names (a Qt program's
+        create() may have put a fresh one in its place since)."""
+        record = self.lock_file.read_line(QT_RECORD)  # PID inside DEVICE INODE PROGRAM
+        if not record:
+            return
+        if self.file and " ".join(record[2:4]) == self.file and self.taken():
+            self.give_back(f"{' '.join(record[4:])} (pid {record[0]})")
+        self.lock_file.write_line(QT_RECORD, "")
+
+    def wait(self, give_up):
+        """sem_wait, until the lock is ours (True) or give_up() says to stop (False).
+
+        While we wait, a thread of ours watches: after a second it says for whom we wait,
+        and it gives the lock back once a second look proves its holder dead (see
+        proven()). Meanwhile this thread stands in line, asleep in sem_timedwait: a stop
+        signal wakes it (EINTR), and so does our turn.
+        """
+        if libc.sem_trywait(ctypes.c_void_p(self.handle)) == 0:
+            return True
+        if not hasattr(libc, "sem_timedwait") or not self.file:  # macOS: no timed wait
+            notice = waiting_notice(f"Qt's lock on {self.name}", lambda: "held by another "
+                                    "process (a POSIX semaphore does not say which, here)")
+            while libc.sem_trywait(ctypes.c_void_p(self.handle)):
+                if give_up():
+                    return False
+                notice()
+                time.sleep(WAIT_SLICE / 10)
+            return True
+        import threading  # only a wait needs a second thread
+        stop = threading.Event()
+        watcher = threading.Thread(target=self.watch, args=(stop, threading.get_native_id()))
+        # The watcher never takes a stop signal: the kernel then gives it to this thread,
+        # whose sleep it ends.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        watcher.start()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        try:
+            while True:
+                until = Timespec(int(time.time()) + 60, 0)
+                if libc.sem_timedwait(ctypes.c_void_p(self.handle), ctypes.byref(until)) == 0:
+                    return True
+                if ctypes.get_errno() not in (errno.ETIMEDOUT, errno.EINTR):
+                    c_call(-1, f"semaphore {self.name}")
+                if give_up():
+                    return False
+        finally:
+            stop.set()
+            watcher.join()
+
+    def watch(self, stop, witness):
+        """The watcher of wait(): once a second, a look; the first one that cannot prove a
+        death is told; a look that proves one gives the lock back (we hold QT_TURN)."""
+        before, said = None, False
+        while not stop.wait(1):
+            now = self.look(witness)
+            if self.proven(before, now):
+                self.give_back()
+                now = None
+            elif not said and (now.holders or now.unknown or before):
+                warn(f"waiting for Qt's lock on {self.name}, held by {who_holds(now)}")
+                said = True
+            before = now
+
+    def look_for_dead_holder(self):
+        """For an idle loader, once a second: if Qt's lock is taken and our turn is free
+        (no process of ours is at the semaphore, to do this itself), give it back on proof
+        that its holder died, so that a Qt program waiting behind a dead one goes on."""
+        if not self.taken() or not self.lock_file.lock(QT_TURN, exclusive=True, wait=False):
+            self.last_look = None
+            return
+        try:
+            self.give_back_if_ours_died()
+            now = self.look() if self.taken() else None
+            if self.proven(self.last_look, now):
+                self.give_back()
+                now = None
+            self.last_look = now
+        finally:
+            self.lock_file.unlock(QT_TURN)
+
+    def look(self, witness=None):
+        """Who may hold the semaphore, as Linux's /proc shows it now: a Look.
+
+        Every process that has a named semaphore open maps its file; /proc/PID/maps lists
+        the mapping by device and inode. A process may merely wait for the lock only if
+        every one of its threads sleeps in futex() on it. Processes of ours that do not
+        hold QT_TURN cannot hold it (we hold QT_TURN), nor can this one. witness: our
+        thread that sleeps in line for the lock (its tid), if we wait ourselves.
+
+        Only root can see it all: the kernel counts the mappings of the semaphore's page
+        (/proc/kpagecount), whoever made them; and whoever holds the lock has that page
+        mapped, since taking the lock writes to it. When every mapping counted belongs to
+        a process we looked at, no process that we cannot read (or see) can hold it.
+        """
+        unknown = proc_blind_spot()
+        semaphore_value(self.handle)  # reading it maps its page in, for page_frame
+        page = page_frame(os.getpid(), self.handle)
+        holders, waiters, unreadable, counted = [], {}, [], 1  # 1: our own mapping
+        ours = self.lock_file.lockers() | {os.getpid()}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                use, mapped = semaphore_use(pid, self.file, page)
+            except PermissionError:
+                unreadable.append(pid)
+                continue
+            except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
+                continue
+            counted += mapped
+            if int(pid) in ours:  # its mapping counts, but it cannot hold the lock
+                continue
+            if use == "runs":
+                holders.append(int(pid))
+            elif use:
+                waiters[pid] = use
+        mappings = page_mappings(page)
+        if not unknown and mappings is None:
+            unknown = "the kernel does not count the mappings of its page here"
+        elif not unknown and mappings != counted:
+            named = [f"{process_name(pid)} of user {user_name(os.stat(f'/proc/{pid}').st_uid)}"
+                     for pid in unreadable[:3]] + [f"{len(unreadable) - 3} more"] * (
+                         len(unreadable) > 3)
+            unknown = (f"{mappings - counted} of its {mappings} mappings belong to processes "
+                       f"that we cannot read: {', '.join(named) or 'none that we can see'}")
+        if witness:
+            mine = thread_state(str(os.getpid()), str(witness), None)
+            waiters = {**waiters, "self": {witness: mine}} if mine else None
+        return Look(holders, unknown, waiters, mappings)
+
+    def proven(self, before, now):
+        """True if two looks, a second apart, prove that whoever holds the lock is dead.
+
+        Both looks found nobody who may hold it, and nobody hidden; and the same waiters
+        slept in line all along: the same threads, asleep on the semaphore, not woken once
+        (their counts of context switches did not move), and they are asleep still.
+        Whoever gives the lock back wakes the first in line, and a waiter woken by a
+        release that it then loses to a newcomer goes to the back of the line: so no
+        living process can have taken the lock while we looked, without waking one of
+        them (that is why there must be one). Real-time waiters, which jump the line, are
+        never counted as waiters.
+        """
+        if not (before and now and not now.holders and not now.unknown and now.waiters
+                and (now.waiters, now.mappings) == (before.waiters, before.mappings)):
+            return False
+        # Once more, at this moment: still taken, and still nobody awake or new.
+        return (self.taken() and still_asleep(now.waiters)
+                and page_mappings(page_frame(os.getpid(), self.handle)) == now.mappings)
+
+    def close(self, give_up=lambda: True):
+        """sem_close; its maker also removes it (sem_unlink), but only while holding it,
+        so that nobody inside the lock finds a fresh one under its name, taken by another
+        (give_up: how long we may wait to hold it; by default not at all)."""
+        if self.made and (self.held or self.acquire(give_up)):
             libc.sem_unlink(self.name.encode())
+            self.release()  # whoever else has it open still waits on it: let them in
+        elif self.made:
+            warn(f"Qt's lock on {self.name} is held by another process; leaving it in place "
+                 "(the next load_shared.py removes it)")
+        libc.sem_close(ctypes.c_void_p(self.handle))
         tell("Qt's lock", f"sem_close{' + sem_unlink' if self.made else ''}: {self.name}")
 
 
-# The futex system call, by which a thread waits on a semaphore, as /proc/PID/syscall
-# numbers it; elsewhere we cannot tell a waiting process from a holding one.
-FUTEX = {"x86_64": 202, "aarch64": 98}.get(os.uname().machine)
+Look = collections.namedtuple("Look", "holders unknown waiters mappings")
+# holders: the pids that may hold the lock; unknown: why /proc cannot show every process
+# (None: it can); waiters: {pid: {tid: (futex address, context switches)}} of the processes
+# whose every thread sleeps on it (None: our own witness was awake); mappings: how many
+# mappings of its page the kernel counts.
 
 
-def semaphore_holders(name, exclude=()):
-    """The living processes that may hold the POSIX semaphore name, or None if Linux's
-    /proc cannot tell.
+def who_holds(look):
+    """The end of the waiting line: "one of: python3 (pid 4242)", or why we cannot tell."""
+    if look.holders:
+        named = "one of: " + ", ".join(map(process_name, look.holders))
+        return named + (f", or a process we cannot see ({look.unknown})" if look.unknown else "")
+    if look.unknown:
+        return (f"a process we cannot see: {look.unknown}; if it died, see README, "
+                "\"When something dies\"")
+    return "a process that seems to have died (looking again, to be sure)"
 
-    Every process that has a named semaphore open maps its file, and /proc/PID/maps lists
-    that mapping by device and inode (under a temporary name "sem.XXXXXX": match the
-    inode, not the name). A process with a thread in futex() on an address inside that
-    mapping only waits for the semaphore. This process, and the pids in exclude, are left
-    out. Another user's processes can be read by root only: their semaphore is 0600, so
-    only they and root can open it.
-    """
+
+def semaphore_value(handle):
+    value = ctypes.c_int()
+    libc.sem_getvalue(ctypes.c_void_p(handle), ctypes.byref(value))
+    return value.value
+
+
+def mapped_file(address):
+    """"DEVICE INODE" of the file mapped at address, as /proc/self/maps names it (Linux):
+    the identity of a semaphore we have open, whatever name it has now; else None."""
     try:
-        info = os.stat(f"/dev/shm/sem.{name[1:]}")
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                span, _, _, device, inode = line.split()[:5]
+                start, end = (int(edge, 16) for edge in span.split("-"))
+                if start <= address < end:
+                    return f"{device} {inode}"
+    except OSError:
+        pass
+    return None
+
+
+INITIAL_PID_NAMESPACE = "pid:[4026531836]"  # the machine's own (PROC_PID_INIT_INO)
+
+
+def proc_blind_spot():
+    """Why /proc cannot show this process every process that may hold a semaphore, or
+    None if it can: we must be in the machine's own PID namespace (NSpid cannot tell us:
+    /proc mounted for a child namespace shows one pid there), and be root, who alone can
+    read other users' processes and count the mappings of a page."""
+    try:
+        if os.readlink("/proc/self/ns/pid") != INITIAL_PID_NAMESPACE:
+            return ("this process runs in another PID namespace (a container?), whose /proc "
+                    "does not show every process")
+        with open("/proc/kpagecount", "rb"):
+            return None
+    except PermissionError:
+        return "only root can read every process"
+    except OSError:
+        return "/proc does not show every process here"
+
+
+def page_frame(task, address):
+    """The page frame that process (or "PID/task/TID") task maps at address
+    (/proc/TASK/pagemap: root only), or None if it is not mapped in, or we cannot tell."""
+    try:
+        with open(f"/proc/{task}/pagemap", "rb") as pagemap:
+            entry = int.from_bytes(os.pread(pagemap.fileno(), 8, address // PAGE * 8), "little")
     except OSError:
         return None
-    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}"
-    inode = str(info.st_ino)
-    holders = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) in exclude or int(pid) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{pid}/maps") as maps:
-                lines = maps.read()
-        except OSError:  # gone, or another user's
-            continue
-        if f" {inode} " not in lines:  # a quick test before splitting the lines
-            continue
-        spans = [[int(end, 16) for end in fields[0].split("-")]
-                 for fields in (line.split(maxsplit=5) for line in lines.splitlines())
-                 if fields[3:5] == [device, inode]]
-        if spans and not waits_on(pid, spans):
-            holders.append(int(pid))
-    return holders
+    frame = entry & ((1 << 55) - 1)  # bits 0-54; bit 63: present
+    return frame if entry >> 63 and frame else None
 
 
-def waits_on(pid, spans):
-    """True if a thread of pid waits in futex() on an address inside spans (a Qt program
-    in lock(), say; a holder never waits on the lock it holds)."""
+def page_mappings(frame):
+    """How many mappings of page frame the kernel counts, by any process (root only)."""
     try:
-        for thread in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{thread}/syscall") as syscall:
-                call = syscall.read().split()  # "202 0x7f... ..." or "running"
-            if call[0] == str(FUTEX) and any(start <= int(call[1], 16) < end
-                                             for start, end in spans):
-                return True
-    except (OSError, IndexError, ValueError):  # gone, or not ours to read
-        pass
-    return False
+        with open("/proc/kpagecount", "rb") as counts:
+            return int.from_bytes(os.pread(counts.fileno(), 8, frame * 8), "little")
+    except (OSError, TypeError):  # TypeError: no frame
+        return None
+
+
+PAGE = mmap.PAGESIZE
+
+
+# The futex system call, by which a thread sleeps on a semaphore, as /proc/PID/syscall
+# numbers it, and its two ways to wait (FUTEX_WAIT, FUTEX_WAIT_BITSET); elsewhere a
+# waiting thread cannot be told from a holding one.
+FUTEX = {"x86_64": "202", "aarch64": "98"}.get(os.uname().machine)
+FUTEX_WAITS = (0, 9)
+FAIR_POLICIES = ("0", "3", "5")  # SCHED_OTHER, SCHED_BATCH, SCHED_IDLE: first come, first woken
+
+
+def semaphore_use(pid, file, page):
+    """What process pid does with the semaphore file ("DEVICE INODE"), and how many
+    mappings of its page frame (page) it has. What it does: None if it does not map the
+    file; {tid: state} if every thread of it sleeps on it (see thread_state); "runs" if
+    it maps it and any thread does anything else, so that it may hold it.
+
+    PermissionError if /proc does not let us read it; FileNotFoundError if it is gone."""
+    device, inode = file.split()
+    threads, lines = os.listdir(f"/proc/{pid}/task"), ""
+    for tid in threads:  # any live thread shows the process's map, when its first has ended
+        with open(f"/proc/{pid}/task/{tid}/maps") as maps:
+            lines = maps.read()
+        if lines:
+            break
+    task = f"{pid}/task/{tid}" if lines else pid
+    if f" {inode} " not in lines:  # a quick test before splitting the lines
+        return None, 0
+    spans = [[int(edge, 16) for edge in fields[0].split("-")]
+             for fields in (line.split(maxsplit=5) for line in lines.splitlines())
+             if fields[3:5] == [device, inode]]
+    if not spans:
+        return None, 0
+    mapped = sum(page is not None and page_frame(task, start) == page for start, _ in spans)
+    states = {tid: thread_state(pid, tid, spans) for tid in threads}
+    return (states if all(states.values()) else "runs"), mapped
+
+
+def thread_state(pid, tid, spans):
+    """(futex address, context switches) if thread tid of pid sleeps in line for a
+    semaphore inside spans (None: any address), under a first-come policy; else None."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()  # after "pid (name)": state ...
+        with open(f"/proc/{pid}/task/{tid}/syscall") as syscall:
+            call = syscall.read().split()  # "202 0xADDRESS 0xOP ..." or "running"
+        with open(f"/proc/{pid}/task/{tid}/status") as status:
+            switches = [line.split()[1] for line in status if "ctxt_switches" in line]
+    except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
+        return None
+    if fields[0] != "S" or fields[38] not in FAIR_POLICIES or len(call) < 3 or \
+            call[0] != FUTEX or int(call[2], 16) & 0x7F not in FUTEX_WAITS:
+        return None
+    address = int(call[1], 16)
+    if spans is not None and not any(start <= address < end for start, end in spans):
+        return None
+    return address, tuple(switches)
+
+
+def still_asleep(waiters):
+    """True if every waiter of a look is asleep still, as it was: the same threads, the
+    same address, not one context switch more."""
+    for pid, threads in waiters.items():
+        where = str(os.getpid()) if pid == "self" else pid
+        try:
+            if pid != "self" and set(os.listdir(f"/proc/{pid}/task")) != set(threads):
+                return False
+        except OSError:
+            return False
+        if any(thread_state(where, str(tid), None) != state for tid, state in threads.items()):
+            return False
+    return True
 
 
 class SystemVSemaphore:
@@ -900,26 +1187,33 @@ class SystemVSemaphore:
         # remove it at the end even if another process made it. Without create, use the
         # set that is there: FileNotFoundError if none.
         self.key_file, self.made, self.name, self.made_key_file = key_file, create, name, None
+        self.held = False  # by this process, between acquire() and release()
         self.semid = self.open(create)
         tell("Qt's lock", f"semget{'(IPC_CREAT)' if create else ''}: semid {self.semid}, "
                           f"IPC key = ftok({os.path.basename(key_file)}, 'Q')")
 
     def open(self, create):
-        key, made = ipc_key(self.key_file, create)
-        self.made_key_file = made or self.made_key_file  # the one we made last
-        semid = libc.semget(key, 1, 0o600 | IPC_CREAT | IPC_EXCL if create else 0)
-        if semid != -1 and create:  # a new set starts at 0: make it a free lock, as Qt does
-            c_call(libc.semctl(semid, 0, SETVAL, ctypes.c_int(1)), self.key_file)
-        elif semid == -1 and create and ctypes.get_errno() == errno.EEXIST:
-            # It is there already. Its value is right: SEM_UNDO gave back any dead
-            # holder's lock, and setting it to 1 could let two processes in at once.
-            semid = libc.semget(key, 1, 0o600)
-        return c_call(semid, f"semaphore {self.key_file}")
+        """semget() the set under Qt's key file; with create, make both if need be, as Qt
+        does. Its maker may remove both at any moment (a Qt program that quits): then,
+        with create, make them ourselves."""
+        while True:
+            key, made = ipc_key(self.key_file, create)
+            self.made_key_file = made or self.made_key_file  # the one we made last
+            semid = libc.semget(key, 1, 0o600 | IPC_CREAT | IPC_EXCL if create else 0)
+            if semid != -1 and create:  # a new set starts at 0: make it a free lock, as Qt
+                c_call(libc.semctl(semid, 0, SETVAL, ctypes.c_int(1)), self.key_file)
+            elif semid == -1 and create and ctypes.get_errno() == errno.EEXIST:
+                # It is there already. Its value is right: SEM_UNDO gave back any dead
+                # holder's lock, and setting it to 1 could let two processes in at once.
+                semid = libc.semget(key, 1, 0o600)
+                if semid == -1 and ctypes.get_errno() == errno.ENOENT:
+                    continue  # and gone again
+            return c_call(semid, f"semaphore {self.key_file}")
 
     def change(self, delta, give_up=lambda: False):
         operation = Sembuf(0, delta, SEM_UNDO)
         # GETPID: the last process that changed the semaphore, which is the one holding it.
-        notice = waiting_notice(f"Qt's lock on {self.name}", lambda: process_name(
+        notice = waiting_notice(f"Qt's lock on {self.name}", lambda: "held by " + process_name(
             libc.semctl(self.semid, 0, GETPID, ctypes.c_int(0))))
         while True:
             result = libc.semtimedop(self.semid, ctypes.byref(operation), 1,
@@ -942,33 +1236,98 @@ class SystemVSemaphore:
                 if give_up():
                     return False
 
-    def acquire(self, give_up, exclude=set):
-        return self.change(-1, give_up)
+    def acquire(self, give_up):
+        self.held = self.change(-1, give_up)
+        return self.held
 
     def release(self):
         self.change(+1)
+        self.held = False
 
-    def give_back_if_abandoned(self, exclude=(), looks=2):
+    def look_for_dead_holder(self):
         """Nothing to do: SEM_UNDO already gave back a dead holder's lock."""
 
-    def close(self):
-        if self.made:  # by the id we made it with: never looked up again by its key file
-            libc.semctl(self.semid, 0, IPC_RMID, ctypes.c_int(0))
-            remove_key_file(self.key_file, self.made_key_file)
-            tell("Qt's lock", f"semctl(IPC_RMID): semid {self.semid}; unlink "
-                              f"{os.path.basename(self.key_file)}")
+    def close(self, give_up=lambda: True):
+        """Its maker removes it (IPC_RMID, by the id we made it with, never looked up again
+        by its key file), but only while holding it: a waiter of a removed set would get
+        in at once (Qt's lock() fails, and the article's reader reads on)."""
+        if not self.made:
+            return
+        if not (self.held or self.acquire(give_up)):
+            warn(f"Qt's lock on {self.name} is held by another process; leaving it in place "
+                 "(the next load_shared.py removes it)")
+            return
+        libc.semctl(self.semid, 0, IPC_RMID, ctypes.c_int(0))
+        remove_key_file(self.key_file, self.made_key_file)
+        tell("Qt's lock", f"semctl(IPC_RMID): semid {self.semid}; unlink "
+                          f"{os.path.basename(self.key_file)}")
 
 
-def waiting_notice(what, holder):
+def waiting_notice(what, whom):
     """A function to call as we wait: once we have waited a second, it says so, once, with
-    what we wait for and for whom (holder() names it). A wait is never silent."""
+    what we wait for and for whom (whom() says: "held by ..."). A wait is never silent."""
     started, said = time.monotonic(), []
 
     def notice():
         if not said and time.monotonic() - started > 1:
-            warn(f"waiting for {what}, held by {holder()}")
+            warn(f"waiting for {what}, {whom()}")
             said.append(True)
     return notice
+
+
+def fill_standard_fds():
+    """Put /dev/null where standard input, output or error is closed: else the next file
+    we open takes its number, and the text that we print would go into our lock file."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+
+
+# --- Stop signals ---------------------------------------------------------------------------
+
+stop_pipe = None  # the self-pipe's read end, while watch_stop_signals() watches
+
+
+def watch_stop_signals():
+    """Make Ctrl-C, SIGTERM and SIGHUP wake us where we wait, instead of ending us mid-step.
+
+    The self-pipe trick: a signal's only effect is a byte written to a pipe. Every wait of
+    ours watches that pipe (select, or stopped() between tries), and a stop signal also
+    ends a wait in sem_timedwait (EINTR); so a stop ends a wait at once, but never cuts a
+    write in half. A stop signal that we inherited as ignored (nohup's SIGHUP) stays so.
+    """
+    global stop_pipe
+    stop_pipe, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end)
+    for each in STOP_SIGNALS:
+        if signal.getsignal(each) != signal.SIG_IGN:
+            signal.signal(each, lambda signum, frame: None)  # the byte in the pipe is enough
+
+
+def stopped():
+    """True once a stop signal has come (its byte waits in the pipe), or before we watch."""
+    return stop_pipe is None or bool(select.select([stop_pipe], [], [], 0)[0])
+
+
+def end_watching_stop_signals():
+    """Stop signals end us again as they would have; one that came meanwhile, now."""
+    global stop_pipe
+    os.set_blocking(stop_pipe, False)
+    try:
+        came = os.read(stop_pipe, 16)
+    except BlockingIOError:
+        came = b""
+    os.close(signal.set_wakeup_fd(-1))
+    os.close(stop_pipe)
+    stop_pipe = None
+    for each in STOP_SIGNALS:
+        if signal.getsignal(each) != signal.SIG_IGN:
+            signal.signal(each, signal.SIG_DFL)
+    if came:
+        os.kill(os.getpid(), came[0])
 
 
 # --- The command line, and telling the story: --verbose, waits and failures -------------
@@ -995,6 +1354,9 @@ def process_name(pid):
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
             args = cmdline.read().decode(errors="replace").split("\0")
+        if not args[0]:  # its first thread has ended: its command line is gone, its name not
+            with open(f"/proc/{pid}/comm") as comm:
+                args = [comm.read().strip()]
     except OSError:
         return f"pid {pid}"
     scripts = [arg for arg in args[1:3] if arg.endswith(".py")]  # python3 SCRIPT ...

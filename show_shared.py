@@ -34,9 +34,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 import shmcodec  # noqa: E402
-from shmcodec import DATA_LOCK, WAITING_LOCK, tell  # noqa: E402
-
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+from shmcodec import DATA_LOCK, tell  # noqa: E402
 
 
 class Failure(Exception):
@@ -45,6 +43,7 @@ class Failure(Exception):
 
 def main():
     key, options, _ = shmcodec.parse_command_line(__doc__, valued=["--hex"])
+    shmcodec.fill_standard_fds()
     hex_rows = options.get("--hex")
     if hex_rows not in (None, True, "all") and not hex_rows.isdigit():
         shmcodec.usage_error(f"--hex={hex_rows}: give a number of rows, or all")
@@ -124,7 +123,6 @@ def read_segment(key, read):
         # The logbook names the last loader; its OWNER_LOCK tells if that loader lives.
         logbook = lock_file and lock_file.read_logbook()
         alive = logbook is not None and lock_file.owner_alive()
-        live_loader = logbook.pid if alive else None
         died_writing = logbook and not alive and logbook.state == "writing"
         kind = shmcodec.find_segment(key)
         tell("attach(): which kind?", kind.name if kind else f"neither /{key} nor System V")
@@ -138,9 +136,9 @@ def read_segment(key, read):
             raise Failure(f"{shmcodec.whose(theirs[0])}: it is theirs to show")
         if logbook and logbook.kind != kind.tag:
             logbook = died_writing = None  # it speaks of the other kind of segment
-        # A loader that died while writing died holding Qt's lock: do not wait for it. A
-        # live one cannot hold it while we hold DATA_LOCK: it is no candidate holder.
-        with qt_lock_held(kind, lock_file, skip=died_writing, loader=live_loader):
+        # A loader that died while writing left no whole text: there is nothing to read
+        # under Qt's lock (the next one of ours to take its turn gives it back).
+        with qt_lock_held(kind, lock_file, skip=died_writing):
             try:
                 segment = kind.attach()
             except FileNotFoundError:  # a Qt program removed it meanwhile
@@ -160,44 +158,32 @@ def nothing_loaded(key):
 
 
 @contextlib.contextmanager
-def qt_lock_held(kind, lock_file, skip, loader):
+def qt_lock_held(kind, lock_file, skip):
     """sharedMem.lock(), Qt's half: hold the semaphore that a Qt program's lock() takes.
 
-    If there is none, no Qt program holds one: go on without. While we wait for it, we
-    hold WAITING_LOCK, so that another viewer never takes us for a holder; our live
-    loader (pid loader) cannot hold it either, since we hold DATA_LOCK. While we hold it,
-    a stop signal waits, since a POSIX semaphore has no undo and one left taken by a dead
-    process would block Qt for ever; a stop that comes while we wait for it ends us at once.
+    If there is none, no Qt program holds one: go on without. A POSIX semaphore has no
+    undo, and one left taken by a dead process would block Qt for ever: so, from our turn
+    at it until we give it back, a stop signal waits for us (see
+    shmcodec.watch_stop_signals); one that comes while we wait for the lock ends us at
+    once, and one that comes while we hold it, as soon as we give it back.
     """
     try:
-        qt_lock = None if skip else kind.open_qt_lock()
+        qt_lock = None if skip else kind.open_qt_lock(lock_file)
     except FileNotFoundError:
         qt_lock = None
     if qt_lock is None:
         yield
         return
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    shmcodec.watch_stop_signals()
     try:
-        if lock_file:
-            lock_file.lock(WAITING_LOCK, exclusive=False)
-        qt_lock.acquire(give_up=end_if_stopped,
-                        exclude=lambda: {loader} | (lock_file.waiters() if lock_file else set()))
-        if lock_file:
-            lock_file.unlock(WAITING_LOCK)
-        try:
-            yield
-        finally:
-            qt_lock.release()
+        if qt_lock.acquire(give_up=shmcodec.stopped):
+            try:
+                yield
+            finally:
+                qt_lock.release()
     finally:
         qt_lock.close()
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a stop that came ends us
-
-
-def end_if_stopped():
-    """While we wait for Qt's lock: if a stop signal came, let it end us now."""
-    if signal.sigpending() & STOP_SIGNALS:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # delivered at once
-    return False
+        shmcodec.end_watching_stop_signals()  # a stop that came ends us here
 
 
 # --- show_shared.py --hex: the segment, byte by byte ---------------------------------------

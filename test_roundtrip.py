@@ -6,6 +6,8 @@ Every cross-process test uses its own random key and its own TMPDIR (so its own 
 file), and removes its segment, lock file and processes even when it fails.
 """
 
+import contextlib
+import errno
 import functools
 import importlib.util
 import json
@@ -22,7 +24,9 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import unittest
+import unittest.mock
 
 import shmcodec
 
@@ -33,7 +37,7 @@ TIMEOUT = 60  # seconds for any one step; generous, the machines are shared
 needs_system_v = unittest.skipUnless(shmcodec.SYSTEM_V_HERE,
                                      "System V segments are used on 64-bit Linux only")
 BIG = 32 << 20  # characters of a text that takes a viewer a while to read (64 MiB)
-GETPID = 11  # semctl(): the pid of the last process that changed a System V semaphore
+GETPID, GETVAL = 11, 12  # semctl(): the last pid to change a System V semaphore; its value
 
 # What Qt 6.12's QDataStream << QString writes (../shared/reference/qt-facts.md).
 QT_BYTES = {
@@ -235,14 +239,80 @@ class ProcessTestCase(unittest.TestCase):
         return shmcodec.Posix(self.key).exists()
 
     def start(self, *args, stdin=subprocess.DEVNULL, key=None, script=LOADER, preexec_fn=None,
-              env=None):
-        """Start a script in the background; stdout and stderr are pipes."""
-        process = subprocess.Popen(
-            [sys.executable, script, "--key", self.key if key is None else key, *args], stdin=stdin,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or self.env, cwd=HERE,
-            preexec_fn=preexec_fn)
+              env=None, prefix=()):
+        """Start a script in the background (after prefix: unshare, strace...); stdout and
+        stderr are pipes."""
+        return self.start_command(
+            [*prefix, sys.executable, script, "--key", self.key if key is None else key, *args],
+            stdin=stdin, preexec_fn=preexec_fn, env=env)
+
+    def start_command(self, command, stdin=subprocess.DEVNULL, preexec_fn=None, env=None):
+        """Start command in the background, and clean up after it whatever happens."""
+        process = subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, env=env or self.env, cwd=HERE,
+                                   preexec_fn=preexec_fn)
         self.processes.append(process)
         return process
+
+    def start_forced(self, patch, script, *args, env=None, **kwargs):
+        """Start one of our scripts with a moment forced by patch (see FORCED)."""
+        return self.start_command([sys.executable, "-c", FORCED, patch, script, "--key",
+                                   self.key, *args], env=env, **kwargs)
+
+    def lock_peer(self, action, *args, sysv=False, prefix=(), python=sys.executable):
+        """Start LOCK_PEER for our key: a stand-in for a Qt program in lock()."""
+        return self.start_command([*prefix, python, "-c", LOCK_PEER, "sysv" if sysv else "posix",
+                                   self.key, action, *args], stdin=subprocess.PIPE)
+
+    def hold_qt_lock(self, *options, sysv=False, prefix=(), python=sys.executable):
+        """A stand-in Qt program inside Qt's lock for our key (see LOCK_PEER), once it is in.
+        let_go() lets it out."""
+        holder = self.lock_peer("hold", *options, sysv=sysv, prefix=prefix, python=python)
+        self.assertEqual(self.wait_line(holder), "inside\n")
+        return holder
+
+    def let_go(self, holder):
+        holder.stdin.write(b"\n")
+        holder.stdin.flush()
+        self.assertEqual(self.wait_line(holder), "out\n")
+
+    def semaphore_value(self, sysv=False):
+        """The value of Qt's lock for our key now (1: free, 0: taken), read without mapping
+        it: a test that mapped it could be taken for a holder. glibc's POSIX semaphore
+        keeps its value in the low half of its first word (little-endian, 64-bit)."""
+        if sysv:
+            key_file = self.segment_kind(sysv=True).lock_key_file
+            semid = shmcodec.libc.semget(shmcodec.libc.ftok(key_file.encode(), ord("Q")), 1, 0)
+            return shmcodec.c_call(shmcodec.libc.semctl(semid, 0, GETVAL, 0), key_file)
+        with open(f"/dev/shm/sem.{self.key}", "rb") as semaphore:
+            return int.from_bytes(semaphore.read(4), "little")
+
+    @contextlib.contextmanager
+    def one_at_a_time(self, sysv=False):
+        """Watch Qt's lock for our key, every 5 ms: fail if its value ever rises above 1,
+        which would let two processes in at once."""
+        stop, seen = threading.Event(), []
+
+        def sample():
+            while not stop.is_set():
+                try:
+                    seen.append(self.semaphore_value(sysv))
+                except OSError:  # not there (yet, or any more)
+                    pass
+                time.sleep(0.005)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            sampler.join()
+        self.assertLessEqual(max(seen, default=0), 1, "Qt's lock let two processes in at once")
+
+    def type_line(self, loader, text):
+        """Type a line into an interactive load_shared.py."""
+        loader.stdin.write(text.encode() + b"\n")
+        loader.stdin.flush()
 
     def wait_line(self, process, timeout=TIMEOUT, stderr=False):
         """The next line on process's stdout (or stderr), or a failure if none comes in time."""
@@ -258,9 +328,9 @@ class ProcessTestCase(unittest.TestCase):
             line += chunk
         return line.decode()
 
-    def start_typing(self, *args, text="first"):
+    def start_typing(self, *args, text="first", prefix=()):
         """Start an interactive load_shared.py (a text a line), and load text with it."""
-        loader = self.start(*args, stdin=subprocess.PIPE)
+        loader = self.start(*args, stdin=subprocess.PIPE, prefix=prefix)
         loader.stdin.write(text.encode() + b"\n")
         loader.stdin.flush()
         self.assertRegex(self.wait_line(loader), "^Loaded ")
@@ -313,42 +383,81 @@ class ProcessTestCase(unittest.TestCase):
             source.seek(0)
             return self.start_loader(*args, "-", stdin=source)
 
-    def qt_lock_taken(self):
-        """True if Qt's POSIX semaphore for our key is taken (sem_getvalue)."""
-        qt_lock = shmcodec.Posix(self.key).open_qt_lock()
-        try:
-            return qt_lock.taken()
-        finally:
-            qt_lock.close()
+    def qt_lock_taken(self, sysv=False):
+        return self.semaphore_value(sysv) <= 0
 
-    def viewer_stopped_inside_qt_lock(self):
-        """A show_shared.py caught (SIGSTOP) while it holds Qt's POSIX lock, reading a big
-        text: it tells (--verbose) that it took the lock, and we stop it at once; if it was
-        quicker than that, we let it end and try again."""
+    def viewer_stopped_inside_qt_lock(self, *args, prefix=()):
+        """A show_shared.py caught (SIGSTOP) while it holds Qt's lock, reading a big text:
+        it tells (--verbose) that it took the lock, and we stop it at once; if it was
+        quicker than that, we let it end and try again. The process returned is the viewer
+        itself, even under a prefix such as unshare."""
+        sysv = "--sysv" in args
         for _ in range(20):
-            viewer = self.start("--verbose", script=VIEWER)
-            while "lock(), Qt's half" not in self.wait_line(viewer, stderr=True):
+            started = self.start("--verbose", script=VIEWER, prefix=prefix)
+            while not re.search("lock\\(\\), Qt's half +(sem_wait|semop)",
+                                self.wait_line(started, stderr=True)):
                 pass
-            viewer.send_signal(signal.SIGSTOP)
-            if self.qt_lock_taken():
+            viewer = self.the_script_in(started) if prefix else started
+            os.kill(viewer.pid, signal.SIGSTOP)
+            if self.qt_lock_taken(sysv):
                 return viewer
-            viewer.send_signal(signal.SIGCONT)
-            self.finish(viewer)
+            os.kill(viewer.pid, signal.SIGCONT)
+            self.finish(started)
         self.fail("never caught a viewer inside Qt's lock")
 
+    def the_script_in(self, started):
+        """The script that a prefix command (unshare --fork, say) started as its child."""
+        deadline = time.monotonic() + TIMEOUT
+        while not children(started.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return types.SimpleNamespace(pid=children(started.pid)[0], stderr=started.stderr)
+
+    def hold_our_turn(self):
+        """A process that holds QT_TURN in our lock file, as a viewer of ours that waits for
+        Qt's POSIX lock does; a line on its stdin lets go."""
+        code = ("import shmcodec, sys; lock_file = shmcodec.LockFile(sys.argv[1]); "
+                "lock_file.lock(shmcodec.QT_TURN, exclusive=True); print('held', flush=True); "
+                "sys.stdin.readline()")
+        holder = self.start_command([sys.executable, "-c", code, self.key], stdin=subprocess.PIPE)
+        self.assertEqual(self.wait_line(holder), "held\n")
+        return holder
+
     def viewer_stopped_holding_the_data_lock(self, sysv=()):
-        """A show_shared.py stopped (as by Ctrl-Z) while it holds our shared DATA_LOCK: we
-        hold Qt's lock, so that it waits there, stop it, and let go."""
-        qt_lock = self.segment_kind(sysv).open_qt_lock()
-        self.addCleanup(qt_lock.close)
-        qt_lock.acquire(give_up=lambda: False)
+        """A show_shared.py stopped (as by Ctrl-Z) while it holds our shared DATA_LOCK: it
+        waits there for its turn at Qt's lock (POSIX) or for Qt's lock (System V), which
+        another process holds; we stop it, and let go."""
+        holder = self.hold_qt_lock(sysv=True) if sysv else self.hold_our_turn()
         viewer = self.start(script=VIEWER)
         deadline = time.monotonic() + TIMEOUT
         while not holds_a_lock(viewer.pid) and time.monotonic() < deadline:
             time.sleep(0.01)
+        time.sleep(0.1)  # from its lock on DATA_LOCK to its wait behind the holder
         viewer.send_signal(signal.SIGSTOP)
-        qt_lock.release()
+        if sysv:
+            self.let_go(holder)
+        else:
+            holder.stdin.close()
+            holder.wait()
         return viewer
+
+    def hold_qt_lock_as_ours(self, sysv=False):
+        """A process that takes Qt's lock for our key as show_shared.py does (our turn, our
+        record, the semaphore), once it is in; let_go() lets it out."""
+        code = ("import shmcodec, sys; kind = shmcodec.{}(sys.argv[1]); "
+                "lock = kind.open_qt_lock(shmcodec.LockFile(sys.argv[1])); "
+                "lock.acquire(give_up=lambda: False); print('inside', flush=True); "
+                "sys.stdin.readline(); print('out', flush=True); lock.release(); lock.close()"
+                ).format("SystemV" if sysv else "Posix")
+        ours = self.start_command([sys.executable, "-c", code, self.key], stdin=subprocess.PIPE)
+        self.assertEqual(self.wait_line(ours), "inside\n")
+        return ours
+
+    def make_qt_posix_lock(self):
+        """Qt's POSIX lock for our key, as a Qt program leaves it (the test's cleanup
+        removes it)."""
+        handle = shmcodec.libc.sem_open(f"/{self.key}".encode(), os.O_CREAT,
+                                        shmcodec.ctypes.c_uint(0o600), shmcodec.ctypes.c_uint(1))
+        shmcodec.libc.sem_close(shmcodec.ctypes.c_void_p(handle))
 
     def write_segment(self, data):
         """Make segment /key by hand, as a Qt program (or a vandal) would."""
@@ -545,15 +654,13 @@ class FaultTest(ProcessTestCase):
         # waits on it (a Qt program) is let go by the next loader, which then makes a
         # fresh one, as Qt's create() does.
         self.kill_while_writing()
-        stuck = shmcodec.Posix(self.key).open_qt_lock()
-        self.addCleanup(stuck.close)
-        waiter = threading.Thread(target=stuck.acquire, args=(lambda: False,))
-        waiter.start()
-        waiter.join(1)
-        self.assertTrue(waiter.is_alive(), "the dead loader's lock was free")
-        second = self.start_loader("next")
-        waiter.join(TIMEOUT)
-        self.assertFalse(waiter.is_alive(), "the waiter was not let go")
+        waiter = self.lock_peer("hold")  # a Qt program in lock(), behind the dead loader
+        self.assertTrue(self.still_running(waiter), "the dead loader's lock was free")
+        second = self.start("next")
+        self.assertEqual(self.wait_line(waiter), "inside\n", "the waiter was not let go")
+        self.assertTrue(self.still_running(second), "the next loader wrote while Qt was inside")
+        self.let_go(waiter)
+        self.assertRegex(self.wait_line(second), "^Loaded ")
         self.assert_shows("next")
         second.terminate()
         self.assertEqual(self.finish(second)[0], 0)
@@ -843,7 +950,7 @@ class DeathTest(ProcessTestCase):
         viewer.kill()  # SIGKILL: a POSIX semaphore has no undo, the lock stays taken
         viewer.wait()
         self.assertTrue(self.qt_lock_taken())
-        status, out, err = self.show()  # the next viewer: waits, proves the holder dead
+        status, out, said = self.show()  # the next viewer: proves the holder dead
         self.assertEqual((status, len(out)), (0, BIG + 1))
         loader.stdin.write(b"next\n")  # the loader's next write
         loader.stdin.flush()
@@ -852,24 +959,25 @@ class DeathTest(ProcessTestCase):
         loader.stdin.close()
         status, out, err = self.finish(loader)
         self.assertEqual(status, 0)
-        said = err + self.show()[2]
-        self.assertEqual(said.count("was left taken by a process that died; giving it back"),
-                         1, said)
+        said += err + self.show()[2]
+        self.assertEqual(said.count(f"was left taken by show_shared.py (pid {viewer.pid}), which "
+                                    "died inside it; giving it back"), 1, said)
         self.assert_nothing_left()
 
     def test_a_living_holder_is_named_and_never_robbed(self):
         loader = self.start_loader("held")
-        qt_lock = shmcodec.Posix(self.key).open_qt_lock()  # this test process holds it
-        self.addCleanup(qt_lock.close)
-        qt_lock.acquire(give_up=lambda: False)
+        holder = self.hold_qt_lock()  # a Qt program inside lock()
         viewers = [self.start(script=VIEWER) for _ in range(2)]
-        for viewer, other in (viewers, viewers[::-1]):
-            said = self.wait_line(viewer, stderr=True)
-            self.assertIn("held by one of: ", said)
-            self.assertIn(f"(pid {os.getpid()})", said)
-            self.assertNotIn(f"pid {other.pid}", said)  # a waiter is never named a holder
+        said = {viewer.pid: self.wait_line(viewer, stderr=True) for viewer in viewers}
+        first = next(pid for pid, line in said.items() if "held by one of: " in line)
+        for pid, line in said.items():  # the first in line names the holder; the other waits
+            if pid == first:  # behind it, which is never named a holder
+                self.assertIn(f"held by one of: python3 (pid {holder.pid})", line)
+                self.assertNotIn(f"pid {loader.pid}", line)
+            else:
+                self.assertIn(f"behind show_shared.py (pid {first}), whose turn it is", line)
         self.assertTrue(self.still_running(viewers[0], 3), "a living holder's lock was taken")
-        qt_lock.release()
+        self.let_go(holder)
         for viewer in viewers:
             self.assertEqual(self.finish(viewer)[:2], (0, b"held\n"))
         loader.terminate()
@@ -928,15 +1036,14 @@ class DeathTest(ProcessTestCase):
         self.unlink_segment()
         # Written while the viewer tries again, under Qt's lock as a Qt writer would.
         writer = shmcodec.Posix(self.key).make(64)
-        qt_lock = shmcodec.Posix(self.key).open_qt_lock(create=True)
+        self.make_qt_posix_lock()
         viewer = self.start(script=VIEWER)
         time.sleep(0.3)
-        qt_lock.acquire(give_up=lambda: False)
+        qt_lock = self.hold_qt_lock()
         data = shmcodec.encode_qstring("late")
         writer.buf[:len(data)] = data
-        qt_lock.release()
+        self.let_go(qt_lock)
         self.assertEqual(self.finish(viewer)[:2], (0, b"late\n"))
-        qt_lock.close()
         writer.close()
         self.unlink_segment()
         self.write_segment(bytes(4))  # an empty QString, and no more: shown at once
@@ -1042,13 +1149,12 @@ class RulesTest(ProcessTestCase):
     @needs_system_v
     def test_a_dead_posix_loader_is_cleared_by_a_system_v_loader(self):
         self.kill_while_writing()  # it dies holding Qt's POSIX lock
-        stuck = shmcodec.Posix(self.key).open_qt_lock()
-        self.addCleanup(stuck.close)
-        waiter = threading.Thread(target=stuck.acquire, args=(lambda: False,))
-        waiter.start()
+        waiter = self.lock_peer("hold")  # a Qt program in lock(), behind the dead loader
+        self.assertTrue(self.still_running(waiter), "the dead loader's lock was free")
         loader = self.start_loader("--sysv", "next")
-        waiter.join(TIMEOUT)
-        self.assertFalse(waiter.is_alive(), "the waiter on the dead loader's lock was not let go")
+        self.assertEqual(self.wait_line(waiter), "inside\n",
+                         "the waiter on the dead loader's lock was not let go")
+        self.let_go(waiter)
         self.assertFalse(self.segment_exists())  # its POSIX segment
         self.assertFalse(os.path.exists(f"/dev/shm/sem.{self.key}"))  # and its Qt lock
         self.assert_shows("next")
@@ -1071,6 +1177,265 @@ class RulesTest(ProcessTestCase):
         self.assertEqual(self.finish(viewer)[:2], (0, b"qt's\n"))
         self.assertEqual([ident for ident in self.system_v_left() if ident[0] == "sem"], [])
         self.assertFalse(os.path.exists(system_v.lock_key_file))
+
+
+@unittest.skipUnless(sys.platform.startswith("linux") and shmcodec.FUTEX,
+                     "the proof of a death is read from Linux's /proc")
+class QtLockProofTest(ProcessTestCase):
+    """Qt's POSIX lock is given back only on proof that whoever took it died; a living
+    holder, ours or a Qt program's, never loses it (README: "When something dies").
+
+    Each case: while a holder is inside, nobody else gets in for longer than a proof of a
+    death takes, and the semaphore's value never rises above 1."""
+
+    HELD = 3  # seconds that a living holder holds, longer than a proof of death takes
+
+    def assert_kept(self, holder, *waiting, let_go=None):
+        """While holder is inside, none of waiting (processes that print a line when they
+        get in) does, for HELD seconds; then holder lets go (let_go(), by default a line)."""
+        deadline = time.monotonic() + self.HELD
+        for process in waiting:
+            self.assertTrue(self.still_running(process, max(0, deadline - time.monotonic())),
+                            f"{process.args[:4]} got in while a living holder was inside")
+        (let_go or self.let_go)(holder)
+
+    def assert_every_judge_keeps(self, hold, prefix=(), text="first"):
+        """hold() puts a living holder inside Qt's lock, and returns it and how to let it
+        go. With it inside, each process of ours that may judge a holder dead waits in
+        turn: a viewer; the idle loader (behind which a stand-in Qt program waits); the
+        loader's next write. None gets in, nor lets another in, while the holder lives.
+        prefix: the command prefix for our scripts. Returns what the scripts said."""
+        loader = self.start_typing(prefix=prefix, text=text)
+        said = ""
+        with self.one_at_a_time():
+            for judge in ("viewer", "idle loader", "write"):
+                holder, let_go = hold()
+                if judge == "viewer":
+                    waiting = self.start(script=VIEWER, prefix=prefix)
+                elif judge == "idle loader":
+                    waiting = self.lock_peer("hold")
+                else:
+                    self.type_line(loader, text)
+                    waiting = loader
+                self.assert_kept(holder, waiting, let_go=let_go)
+                if judge == "viewer":
+                    status, out, err = self.finish(waiting)
+                    self.assertEqual((status, len(out)), (0, len(text) + 1), err)
+                    said += err
+                elif judge == "idle loader":
+                    self.assertEqual(self.wait_line(waiting), "inside\n")
+                    self.let_go(waiting)
+                else:
+                    self.assertRegex(self.wait_line(loader), "^Loaded ")
+        loader.stdin.close()
+        status, out, err = self.finish(loader)
+        self.assertEqual(status, 0, err)
+        said += err
+        self.assertNotIn("giving it back", said)
+        return said
+
+    def holder_with(self, *options):
+        """A hold() for assert_every_judge_keeps: a stand-in Qt program with options."""
+        return lambda: (self.hold_qt_lock(*options), self.let_go)
+
+    def test_a_holder_whose_main_thread_ended_keeps_it(self):
+        # /proc/PID/maps of such a process is empty: its map is read through another thread.
+        said = self.assert_every_judge_keeps(self.holder_with("--main-exits"))
+        self.assertRegex(said, r"held by one of: python3 \(pid \d+\)\n")
+
+    def test_a_holder_with_a_second_thread_in_line_keeps_it(self):
+        # One thread inside, another asleep in line for the same lock: a waiter is a
+        # process whose every thread sleeps on it, never one whose any thread does.
+        def hold():
+            holder = self.hold_qt_lock("--second-thread")
+
+            def let_go(holder):
+                self.let_go(holder)
+                self.assertEqual(self.wait_line(holder), "second inside\n")  # only now
+            return holder, let_go
+        self.assert_every_judge_keeps(hold)
+
+    def unshare_pid(self):
+        """A command prefix that runs its command in a new PID namespace, with its own
+        /proc, as a container does; skip the test where that cannot be done."""
+        prefix = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
+        if not shutil.which("unshare") or subprocess.run(
+                [*prefix, "true"], capture_output=True).returncode != 0:
+            self.skipTest("unshare --pid --fork --mount-proc cannot run here (root only)")
+        return prefix
+
+    def test_in_another_pid_namespace_a_living_holder_keeps_it(self):
+        # There, /proc shows none of the processes outside: nobody seen is not nobody.
+        said = self.assert_every_judge_keeps(self.holder_with(), prefix=self.unshare_pid())
+        self.assertIn("another PID namespace", said)
+
+    def test_in_another_pid_namespace_our_own_death_is_proven(self):
+        # The kernel drops a dead process's fcntl locks in any namespace: our record proves it.
+        namespace = self.unshare_pid()
+        loader = self.load_big()
+        viewer = self.viewer_stopped_inside_qt_lock(prefix=namespace)
+        os.kill(viewer.pid, signal.SIGKILL)
+        started = time.monotonic()
+        status, out, err = self.finish(self.start(script=VIEWER, prefix=namespace))
+        self.assertEqual((status, len(out)), (0, BIG + 1))
+        self.assertLess(time.monotonic() - started, 3 + 2)  # about 2 s, on a busy machine
+        self.assertIn("left taken by show_shared.py (pid ", err)
+        loader.terminate()
+        self.assertEqual(self.finish(loader)[0], 0)
+
+    def test_a_viewer_stopped_the_moment_it_got_the_lock_keeps_it(self):
+        def hold():
+            viewer = self.viewer_stopped_inside_qt_lock()
+            return viewer, lambda viewer: os.kill(viewer.pid, signal.SIGCONT)
+        self.assert_every_judge_keeps(hold, text="x" * BIG)
+
+    def test_a_viewer_held_up_before_it_names_itself_keeps_the_lock(self):
+        # Between sem_wait and the write of its Qt record, a viewer of ours is inside, and
+        # unnamed: its turn (an fcntl lock, taken before it waited) still keeps others out.
+        if not shutil.which("strace"):
+            self.skipTest("needs strace, to hold the viewer up at that moment")
+
+        def hold():
+            viewer = self.start(script=VIEWER, prefix=[
+                "strace", "-f", "-o", "/dev/null", "-e", "trace=pwrite64", "-e",
+                f"inject=pwrite64:delay_enter={(self.HELD + 2) * 1_000_000}:when=1"])
+            deadline = time.monotonic() + TIMEOUT
+            while not self.qt_lock_taken() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return viewer, lambda viewer: self.assertEqual(self.finish(viewer)[0], 0)
+        self.assert_every_judge_keeps(hold)
+
+    def test_a_waiting_viewer_stopped_and_continued_waits_on(self):
+        loader = self.start_typing()
+        with self.one_at_a_time():
+            holder = self.hold_qt_lock()
+            viewer = self.start(script=VIEWER)
+            self.assertIn("held by one of: ", self.wait_line(viewer, stderr=True))
+            viewer.send_signal(signal.SIGSTOP)  # Ctrl-Z
+            time.sleep(1)
+            viewer.send_signal(signal.SIGCONT)  # fg
+            self.assert_kept(holder, viewer)
+            status, out, err = self.finish(viewer)
+            self.assertEqual((status, out), (0, b"first\n"))
+        loader.stdin.close()
+        self.assertNotIn("giving it back", err + self.finish(loader)[2])
+
+    def test_ours_are_never_holders_and_a_dead_holder_is_given_back_around_them(self):
+        loader = self.start_typing()
+        with self.one_at_a_time():
+            holder = self.hold_qt_lock()
+            viewers = [self.start(script=VIEWER) for _ in range(2)]
+            for line in [self.wait_line(viewer, stderr=True) for viewer in viewers]:
+                # each names the holder, or the viewer in line before it; never the loader
+                self.assertNotIn(f"pid {loader.pid}", line)
+                self.assertTrue(f"held by one of: python3 (pid {holder.pid})\n" in line or
+                                "whose turn it is" in line, line)
+            holder.kill()  # a Qt program dies inside lock(): the viewers prove it, and go on
+            started = time.monotonic()
+            results = [self.finish(viewer) for viewer in viewers]
+            self.assertLess(time.monotonic() - started, 3 + 3)  # about 2 s, busy machine
+        self.assertEqual([result[:2] for result in results], [(0, b"first\n")] * 2)
+        loader.stdin.close()
+        said = self.finish(loader)[2] + "".join(result[2] for result in results)
+        self.assertEqual(said.count("left taken by a process that died; giving it back"), 1, said)
+
+    def test_two_rescuers_give_back_once(self):
+        for death in ("ours", "Qt's"):
+            with self.subTest(death):
+                loader = self.load_big()
+                with self.one_at_a_time():
+                    dead = self.viewer_stopped_inside_qt_lock() if death == "ours" else \
+                        self.hold_qt_lock()
+                    rescuers = [self.start(script=VIEWER) for _ in range(3)]
+                    time.sleep(0.5)  # all three in line behind it
+                    os.kill(dead.pid, signal.SIGKILL)
+                    results = [self.finish(rescuer) for rescuer in rescuers]
+                self.assertEqual([(status, len(out)) for status, out, _ in results],
+                                 [(0, BIG + 1)] * 3)
+                loader.terminate()
+                said = self.finish(loader)[2] + "".join(err for _, _, err in results)
+                self.assertEqual(said.count("giving it back"), 1, said)
+
+    def test_a_holder_that_quits_as_another_takes_the_lock_is_never_taken_for_dead(self):
+        # Two stand-ins take the lock from each other as fast as they can, while a viewer
+        # and the idle loader look once a second: a look may find one of them gone and the
+        # other asleep, the moment after it took the lock. Only waiters that slept all along
+        # prove anything.
+        loader = self.start_typing()
+        marker = os.path.join(self.tmpdir, "inside")
+        with self.one_at_a_time():
+            players = [self.lock_peer("ping-pong", "6", marker) for _ in range(2)]
+            viewer = self.start(script=VIEWER)
+            results = [self.finish(player) for player in players + [viewer]]
+        for status, out, err in results[:2]:
+            self.assertEqual(status, 0, err)
+            self.assertNotIn(b"VIOLATION", out)
+        self.assertEqual(results[2][:2], (0, b"first\n"))
+        loader.stdin.close()
+        self.assertNotIn("giving it back", self.finish(loader)[2] + results[2][2])
+
+    def test_a_hand_over_in_the_middle_of_a_look_is_never_taken_for_a_death(self):
+        # The moment forced: a viewer's look has found the waiter asleep in line, and now
+        # comes to the holder; just then the holder lets go and quits, and the waiter takes
+        # the lock. That look finds nobody inside: only a second look, which finds the
+        # waiter awake, tells the truth.
+        loader = self.start_typing()
+        waiter = self.lock_peer("hold", "--on-line")  # started first: looked at first
+        holder = self.hold_qt_lock()
+        self.type_line(waiter, "")  # now in line behind the holder
+        paused, go = (os.path.join(self.tmpdir, name) for name in ("paused", "go"))
+        with self.one_at_a_time():
+            viewer = self.start_forced(PAUSE_IN_A_LOOK, VIEWER, env=dict(
+                self.env, PAUSE_AT=str(holder.pid), PAUSED=paused, GO=go))
+            deadline = time.monotonic() + TIMEOUT
+            while not os.path.exists(paused) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.let_go(holder)
+            holder.wait()
+            self.assertEqual(self.wait_line(waiter), "inside\n")
+            open(go, "w").close()
+            self.assert_kept(waiter, viewer)
+            status, out, err = self.finish(viewer)
+        self.assertEqual((status, out), (0, b"first\n"))
+        self.assertNotIn("giving it back", err)
+        loader.stdin.close()
+        self.assertEqual(self.finish(loader)[0], 0)
+
+    def test_a_mapping_of_a_process_we_cannot_read_leaves_the_holder_unproven(self):
+        # Root reads nearly every process, but not all (here: the sandbox's own agent). A
+        # process whose map we cannot read may be the holder: the kernel's count of the
+        # semaphore page's mappings tells whether such a process maps it. The judge here
+        # is this test process, told that it cannot read the holder.
+        if os.geteuid() != 0:
+            self.skipTest("only root can count a page's mappings")
+        loader = self.start_typing()
+        holder = self.hold_qt_lock()
+        waiter = self.lock_peer("hold")  # asleep in line, as a witness would be
+        lock_file = shmcodec_in(self.tmpdir, lambda: shmcodec.LockFile(self.key))
+        self.addCleanup(os.close, lock_file.fd)
+        qt_lock = shmcodec.Posix(self.key).open_qt_lock(lock_file)
+        self.addCleanup(qt_lock.close)
+        looked_at = shmcodec.semaphore_use
+
+        def cannot_read_the_holder(pid, *args):
+            if int(pid) == holder.pid:
+                raise PermissionError(errno.EACCES, "Permission denied")
+            return looked_at(pid, *args)
+        time.sleep(0.2)  # the waiter asleep in line
+        with unittest.mock.patch.object(shmcodec, "semaphore_use", cannot_read_the_holder):
+            looks = [qt_lock.look() for _ in range(2)]
+        self.assertEqual(looks[1].holders, [])
+        self.assertIn("that we cannot read: ", looks[1].unknown)
+        self.assertIn(f"python3 (pid {holder.pid}) of user root", looks[1].unknown)
+        self.assertFalse(qt_lock.proven(*looks))
+        without = looks[1]._replace(unknown=None)  # had it been read as nobody's...
+        self.assertTrue(qt_lock.proven(looks[0]._replace(unknown=None), without),
+                        "the test no longer sets up a case that a look could take for a death")
+        self.let_go(holder)
+        self.assertEqual(self.wait_line(waiter), "inside\n")
+        self.let_go(waiter)
+        loader.stdin.close()
+        self.assertEqual(self.finish(loader)[0], 0)
 
 
 QUIET_LINE = "signal.signal(signal.SIGINT, signal.SIG_DFL)"
@@ -1370,14 +1735,26 @@ class VerboseTest(ProcessTestCase):
 
     # The logbook says "writing" for as long as the loader may hold Qt's lock, so that the
     # next loader knows whether a dead one left it taken.
-    LOAD_STEPS = ["our lock file", "own the key", "own the key", "logbook", "own the key",
-                  "Qt's lock", "QDataStream << text", "lock(), our half", "lock(), Qt's half",
-                  "logbook", "create(14)", "memcpy(to, from, size)", "unlock(), Qt's half",
-                  "logbook", "unlock(), our half"]
-    RELEASE_STEPS = ["release", "detach()", "remove", "logbook", "Qt's lock", "release"]
-    SHOW_STEPS = ["our lock file", "lock(), our half", "attach(): which kind?", "Qt's lock",
-                  "lock(), Qt's half", "attach()", "QDataStream >> text", "detach()",
-                  "unlock(), Qt's half", "Qt's lock", "unlock(), our half"]
+    # POSIX: our turn at Qt's lock (an fcntl lock), then the semaphore; System V: the
+    # semaphore alone.
+    QT_LOCK = {(): ["lock(), Qt's half"] * 2, ("--sysv",): ["lock(), Qt's half"]}
+    QT_UNLOCK = {(): ["unlock(), Qt's half"] * 2, ("--sysv",): ["unlock(), Qt's half"]}
+
+    def load_steps(self, sysv):
+        return ["our lock file", "own the key", "own the key", "logbook", "own the key",
+                "Qt's lock", "QDataStream << text", "lock(), our half", *self.QT_LOCK[sysv],
+                "logbook", "create(14)", "memcpy(to, from, size)", "logbook",
+                *self.QT_UNLOCK[sysv], "unlock(), our half"]
+
+    def release_steps(self, sysv):  # Qt's lock is removed while we hold it
+        return ["release", "detach()", "remove", "logbook", *self.QT_LOCK[sysv],
+                *(["unlock(), Qt's half"] * 2 if not sysv else []), "Qt's lock", "release"]
+
+    def show_steps(self, sysv):  # a System V semaphore is used by its id: nothing to close
+        return ["our lock file", "lock(), our half", "attach(): which kind?", "Qt's lock",
+                *self.QT_LOCK[sysv], "attach()", "QDataStream >> text", "detach()",
+                *self.QT_UNLOCK[sysv], *(["Qt's lock"] if not sysv else []),
+                "unlock(), our half"]
 
     def steps(self, err, script):
         """The step names that script told, in order (the column after "script: ")."""
@@ -1391,16 +1768,13 @@ class VerboseTest(ProcessTestCase):
                 loader = self.start_loader("--verbose", *sysv, "Hello")
                 status, out, err = self.show("--verbose")
                 self.assertEqual((status, out), (0, b"Hello\n"))  # stdout as without it
-                steps = self.SHOW_STEPS.copy()
-                if sysv:  # a System V semaphore is used by its id: there is nothing to close
-                    steps.pop(-2)
-                self.assertEqual(self.steps(err, "show_shared.py"), steps)
+                self.assertEqual(self.steps(err, "show_shared.py"), self.show_steps(sysv))
                 self.assertIn("shmat(SHM_RDONLY)" if sysv else "shm_open(O_RDONLY) + mmap", err)
                 loader.send_signal(signal.SIGINT)
                 status, out, err = self.finish(loader)
                 self.assertEqual((status, out), (0, b""))
                 self.assertEqual(self.steps(err, "load_shared.py"),
-                                 self.LOAD_STEPS + self.RELEASE_STEPS)
+                                 self.load_steps(sysv) + self.release_steps(sysv))
                 tag = "sysv" if sysv else "posix"
                 self.assertEqual([line.split(maxsplit=2)[2].split(" in our")[0]
                                   for line in err.splitlines() if " logbook " in line],
@@ -1620,8 +1994,7 @@ class SystemVTest(ProcessTestCase):
     def test_a_qt_posix_segment_beside_our_system_v_loader(self):
         loader = self.start_loader("--sysv", "ours")
         self.write_segment(bytes.fromhex(QT_BYTES["hello"]))  # a Qt 6 program's, and its lock
-        qt_lock = shmcodec.Posix(self.key).open_qt_lock(create=True)
-        self.addCleanup(qt_lock.close)
+        self.make_qt_posix_lock()
         self.assert_shows("hello")  # /KEY comes first; our loader's logbook is not about it
         loader.terminate()
         self.assertEqual(self.finish(loader)[0], 0)
@@ -1640,6 +2013,129 @@ class SystemVTest(ProcessTestCase):
         again = system_v.attach()
         self.assertEqual(bytes(again.buf), bytes.fromhex("000000070041"))
         again.close()
+
+
+# A stand-in for a Qt program's QSharedMemory::lock() and unlock(), in shapes that a real Qt
+# program cannot be made to take on demand. Qt's POSIX lock is sem_open, sem_wait and
+# sem_post on /KEY; its System V lock, semop(-1 or +1, SEM_UNDO) on the set under Qt's key
+# file. This does the same through ctypes, and runs as its own process, as Qt would.
+LOCK_PEER = r'''"""A stand-in for a Qt program in lock(): see test_roundtrip.py, LOCK_PEER.
+
+usage: python -c LOCK_PEER posix|sysv KEY hold [--on-line] [--nondumpable] [--main-exits]
+                                                 [--second-thread]
+       python -c LOCK_PEER posix KEY ping-pong SECONDS MARKER
+  hold             lock(), say "inside", wait for a line on stdin, unlock(), say "out"
+  --on-line        wait for a line on stdin before lock()
+  --nondumpable    first prctl(PR_SET_DUMPABLE, 0), as a setuid program is
+  --main-exits     do it in a second thread, and end the main thread (pthread_exit)
+  --second-thread  once inside, a second thread waits for the lock too, and says "second
+                   inside" when it gets in (never while the first is inside)
+  ping-pong        for SECONDS, lock() and unlock() again and again; say "VIOLATION" if
+                   another process is inside at the same time (MARKER: a file that each
+                   locks while inside), then "rounds N"
+"""
+import ctypes
+import fcntl
+import os
+import sys
+import threading
+import time
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.sem_open.restype = ctypes.c_void_p
+kind, key, action, *options = sys.argv[1:]
+if kind == "posix":
+    handle = ctypes.c_void_p(libc.sem_open(f"/{key}".encode(), 0))
+    if not handle.value:
+        sys.exit(f"sem_open /{key}: {os.strerror(ctypes.get_errno())}")
+    lock, unlock = (lambda: libc.sem_wait(handle)), (lambda: libc.sem_post(handle))
+else:
+    import shmcodec  # only for the name of Qt's key file
+    ipc_key = libc.ftok(shmcodec.qt_key_file("systemsem", key).encode(), ord("Q"))
+    semid = libc.semget(ipc_key, 1, 0)
+    if semid == -1:
+        sys.exit(f"semget: {os.strerror(ctypes.get_errno())}")
+
+    class Sembuf(ctypes.Structure):
+        _fields_ = [("num", ctypes.c_ushort), ("op", ctypes.c_short), ("flags", ctypes.c_short)]
+
+    lock = lambda: libc.semop(semid, ctypes.byref(Sembuf(0, -1, 0x1000)), 1)  # SEM_UNDO
+    unlock = lambda: libc.semop(semid, ctypes.byref(Sembuf(0, 1, 0x1000)), 1)
+
+
+def hold():
+    if "--on-line" in options:
+        sys.stdin.readline()
+    lock()
+    print("inside", flush=True)
+    if "--second-thread" in options:
+        second = threading.Thread(target=lambda: (lock(), print("second inside", flush=True),
+                                                  unlock()))
+        second.start()
+    sys.stdin.readline()
+    print("out", flush=True)
+    unlock()
+    if "--second-thread" in options:
+        second.join()
+
+
+if "--nondumpable" in options:
+    libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+if action == "hold" and "--main-exits" in options:
+    threading.Thread(target=hold).start()
+    libc.pthread_exit(None)
+elif action == "hold":
+    hold()
+elif action == "ping-pong":
+    marker = os.open(options[1], os.O_RDWR | os.O_CREAT, 0o600)
+    deadline, rounds = time.monotonic() + float(options[0]), 0
+    while time.monotonic() < deadline:
+        lock()
+        try:
+            fcntl.lockf(marker, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(marker, fcntl.LOCK_UN)
+        except OSError:
+            print("VIOLATION", flush=True)
+        unlock()
+        rounds += 1
+    print(f"rounds {rounds}", flush=True)
+'''
+
+
+# One of our scripts, run with a moment forced: PATCH (Python code, after `import
+# shmcodec`) replaces a function of shmcodec by one that pauses, or breaks something, at
+# the moment the test needs; then the script runs as it would (runpy).
+FORCED = r'''
+import runpy
+import sys
+
+import shmcodec
+
+exec(sys.argv[1])
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+# A PATCH for FORCED: the first time a look at who holds Qt's lock comes to process
+# $PAUSE_AT, it creates the file $PAUSED and waits until the file $GO exists.
+PAUSE_IN_A_LOOK = r'''
+import os
+import time
+
+looked_at = shmcodec.semaphore_use
+
+
+def semaphore_use(pid, *args):
+    if pid == os.environ.get("PAUSE_AT"):
+        os.environ.pop("PAUSE_AT")
+        open(os.environ["PAUSED"], "w").close()
+        while not os.path.exists(os.environ["GO"]):
+            time.sleep(0.01)
+    return looked_at(pid, *args)
+
+
+shmcodec.semaphore_use = semaphore_use
+'''
 
 
 # A Qt program for the tests, doing what the article's two programs do, in Qt 5 (PyQt5) or
@@ -1818,12 +2314,10 @@ class QtPeerTests:
         for key_kind in self.key_kinds:
             with self.subTest(key_kind=key_kind):
                 loader = self.load(key_kind, "ours")
-                qt_lock = self.kind(key_kind).open_qt_lock()  # as show_shared.py opens it
-                self.assertTrue(qt_lock.acquire(give_up=lambda: False))
+                ours = self.hold_qt_lock_as_ours(sysv=key_kind == "legacy")
                 reader = self.qt(key_kind, "read")
                 self.assertTrue(self.still_running(reader), "Qt did not wait for our lock")
-                qt_lock.release()
-                qt_lock.close()
+                self.let_go(ours)
                 self.assertEqual(self.finish(reader)[:2], (0, b"'ours'\n"))
                 loader.terminate()
                 self.assertEqual(self.finish(loader)[0], 0)
