@@ -897,14 +897,13 @@ class PosixSemaphore:
         watcher.start()
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         try:
-            while True:
+            while not give_up():  # a stop that came before we wait ends the wait too
                 until = Timespec(int(time.time()) + 60, 0)
                 if libc.sem_timedwait(ctypes.c_void_p(self.handle), ctypes.byref(until)) == 0:
                     return True
                 if ctypes.get_errno() not in (errno.ETIMEDOUT, errno.EINTR):
                     c_call(-1, f"semaphore {self.name}")
-                if give_up():
-                    return False
+            return False
         finally:
             stop.set()
             watcher.join()
@@ -919,7 +918,7 @@ class PosixSemaphore:
                 self.give_back()
                 now = None
             elif not said and (now.holders or now.unknown or before):
-                warn(f"waiting for Qt's lock on {self.name}, held by {who_holds(now)}")
+                warn(f"waiting for Qt's lock on {self.name}, {who_holds(now, self.name)}")
                 said = True
             before = now
 
@@ -1030,15 +1029,17 @@ Look = collections.namedtuple("Look", "holders unknown waiters mappings")
 # mappings of its page the kernel counts.
 
 
-def who_holds(look):
-    """The end of the waiting line: "one of: python3 (pid 4242)", or why we cannot tell."""
+def who_holds(look, name):
+    """The end of the waiting line for Qt's lock name: "held by one of: python3 (pid 4242)",
+    or why we cannot tell, and what a person can do."""
     if look.holders:
-        named = "one of: " + ", ".join(map(process_name, look.holders))
+        named = "held by one of: " + ", ".join(map(process_name, look.holders))
         return named + (f", or a process we cannot see ({look.unknown})" if look.unknown else "")
     if look.unknown:
-        return (f"a process we cannot see: {look.unknown}; if it died, see README, "
-                "\"When something dies\"")
-    return "a process that seems to have died (looking again, to be sure)"
+        return (f"held by a process we cannot see: {look.unknown}; if you know that it died, "
+                f"quit every program that uses the key, then rm /dev/shm/sem.{name[1:]} "
+                "(README: \"When something dies\")")
+    return "held by a process that seems to have died (looking again, to be sure)"
 
 
 def semaphore_value(handle):

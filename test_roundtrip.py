@@ -246,9 +246,10 @@ class ProcessTestCase(unittest.TestCase):
             [*prefix, sys.executable, script, "--key", self.key if key is None else key, *args],
             stdin=stdin, preexec_fn=preexec_fn, env=env)
 
-    def start_command(self, command, stdin=subprocess.DEVNULL, preexec_fn=None, env=None):
+    def start_command(self, command, stdin=subprocess.DEVNULL, preexec_fn=None, env=None,
+                      stdout=subprocess.PIPE):
         """Start command in the background, and clean up after it whatever happens."""
-        process = subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE,
+        process = subprocess.Popen(command, stdin=stdin, stdout=stdout,
                                    stderr=subprocess.PIPE, env=env or self.env, cwd=HERE,
                                    preexec_fn=preexec_fn)
         self.processes.append(process)
@@ -386,14 +387,14 @@ class ProcessTestCase(unittest.TestCase):
     def qt_lock_taken(self, sysv=False):
         return self.semaphore_value(sysv) <= 0
 
-    def viewer_stopped_inside_qt_lock(self, *args, prefix=()):
+    def viewer_stopped_inside_qt_lock(self, *args, prefix=(), start=None):
         """A show_shared.py caught (SIGSTOP) while it holds Qt's lock, reading a big text:
         it tells (--verbose) that it took the lock, and we stop it at once; if it was
         quicker than that, we let it end and try again. The process returned is the viewer
-        itself, even under a prefix such as unshare."""
+        itself, even under a prefix such as unshare. start(): how to start it."""
         sysv = "--sysv" in args
         for _ in range(20):
-            started = self.start("--verbose", script=VIEWER, prefix=prefix)
+            started = start() if start else self.start("--verbose", script=VIEWER, prefix=prefix)
             while not re.search("lock\\(\\), Qt's half +(sem_wait|semop)",
                                 self.wait_line(started, stderr=True)):
                 pass
@@ -458,6 +459,52 @@ class ProcessTestCase(unittest.TestCase):
         handle = shmcodec.libc.sem_open(f"/{self.key}".encode(), os.O_CREAT,
                                         shmcodec.ctypes.c_uint(0o600), shmcodec.ctypes.c_uint(1))
         shmcodec.libc.sem_close(shmcodec.ctypes.c_void_p(handle))
+
+    HELD = 3  # seconds that a living holder holds, longer than a proof of death takes
+
+    def assert_kept(self, holder, *waiting, let_go=None):
+        """While holder is inside, none of waiting (processes that print a line when they
+        get in) does, for HELD seconds; then holder lets go (let_go(), by default a line)."""
+        deadline = time.monotonic() + self.HELD
+        for process in waiting:
+            self.assertTrue(self.still_running(process, max(0, deadline - time.monotonic())),
+                            f"{process.args[:4]} got in while a living holder was inside")
+        (let_go or self.let_go)(holder)
+
+    def assert_every_judge_keeps(self, hold, prefix=(), text="first"):
+        """hold() puts a living holder inside Qt's lock, and returns it and how to let it
+        go. With it inside, each process of ours that may judge a holder dead waits in
+        turn: a viewer; the idle loader (behind which a stand-in Qt program waits); the
+        loader's next write. None gets in, nor lets another in, while the holder lives.
+        prefix: the command prefix for our scripts. Returns what the scripts said."""
+        loader = self.start_typing(prefix=prefix, text=text)
+        said = ""
+        with self.one_at_a_time():
+            for judge in ("viewer", "idle loader", "write"):
+                holder, let_go = hold()
+                if judge == "viewer":
+                    waiting = self.start(script=VIEWER, prefix=prefix)
+                elif judge == "idle loader":
+                    waiting = self.lock_peer("hold")
+                else:
+                    self.type_line(loader, text)
+                    waiting = loader
+                self.assert_kept(holder, waiting, let_go=let_go)
+                if judge == "viewer":
+                    status, out, err = self.finish(waiting)
+                    self.assertEqual((status, len(out)), (0, len(text) + 1), err)
+                    said += err
+                elif judge == "idle loader":
+                    self.assertEqual(self.wait_line(waiting), "inside\n")
+                    self.let_go(waiting)
+                else:
+                    self.assertRegex(self.wait_line(loader), "^Loaded ")
+        loader.stdin.close()
+        status, out, err = self.finish(loader)
+        self.assertEqual(status, 0, err)
+        said += err
+        self.assertNotIn("giving it back", said)
+        return said
 
     def write_segment(self, data):
         """Make segment /key by hand, as a Qt program (or a vandal) would."""
@@ -1178,6 +1225,48 @@ class RulesTest(ProcessTestCase):
         self.assertEqual([ident for ident in self.system_v_left() if ident[0] == "sem"], [])
         self.assertFalse(os.path.exists(system_v.lock_key_file))
 
+    @needs_system_v
+    def test_a_system_v_lock_that_vanishes_at_the_worst_moment(self):
+        # A Qt program that holds Qt's System V lock quits: it removes the set, then its key
+        # file. A viewer, or our loader, waiting on the set makes it again, as Qt does; the
+        # moment forced: it finds the key file there when it tries to make it, and gone
+        # when it looks at it. It goes on, and shows or loads the text.
+        system_v = self.segment_kind(sysv=True)
+        forced = dict(self.env, KEY=self.key)
+        for script in (VIEWER, LOADER):
+            with self.subTest(os.path.basename(script)):
+                if script == VIEWER:  # a Qt program's segment
+                    theirs = system_v.make(16)
+                    theirs.buf[:12] = shmcodec.encode_qstring("qt's")
+                else:
+                    loader = self.start_forced(VANISH_AT_THE_WORST_MOMENT, LOADER, "--sysv",
+                                               env=forced, stdin=subprocess.PIPE)
+                    self.type_line(loader, "first")
+                    self.assertRegex(self.wait_line(loader), "^Loaded ")
+                # A Qt program's create() takes an existing set over, and removes it at its end.
+                qt_lock = shmcodec_in(self.tmpdir, lambda: system_v.open_qt_lock(create=True))
+                qt_lock.acquire(give_up=lambda: False)
+                if script == VIEWER:
+                    waiting = self.start_forced(VANISH_AT_THE_WORST_MOMENT, VIEWER, env=forced)
+                else:
+                    self.type_line(loader, "second")
+                    waiting = loader
+                self.assertIn("waiting for Qt's lock", self.wait_line(waiting, stderr=True))
+                shmcodec.libc.semctl(qt_lock.semid, 0, shmcodec.IPC_RMID, 0)  # it quits
+                if script == VIEWER:
+                    try:
+                        self.assertEqual(self.finish(waiting)[:2], (0, b"qt's\n"))
+                    finally:
+                        theirs.close()
+                        system_v.remove()
+                        qt_lock.close()
+                else:
+                    self.assertRegex(self.wait_line(loader), "^Loaded ")
+                    self.assert_shows("second")
+                    loader.stdin.close()
+                    self.assertEqual(self.finish(loader)[0], 0)
+                qt_lock.close()
+                self.assert_nothing_left()
 
 @unittest.skipUnless(sys.platform.startswith("linux") and shmcodec.FUTEX,
                      "the proof of a death is read from Linux's /proc")
@@ -1187,52 +1276,6 @@ class QtLockProofTest(ProcessTestCase):
 
     Each case: while a holder is inside, nobody else gets in for longer than a proof of a
     death takes, and the semaphore's value never rises above 1."""
-
-    HELD = 3  # seconds that a living holder holds, longer than a proof of death takes
-
-    def assert_kept(self, holder, *waiting, let_go=None):
-        """While holder is inside, none of waiting (processes that print a line when they
-        get in) does, for HELD seconds; then holder lets go (let_go(), by default a line)."""
-        deadline = time.monotonic() + self.HELD
-        for process in waiting:
-            self.assertTrue(self.still_running(process, max(0, deadline - time.monotonic())),
-                            f"{process.args[:4]} got in while a living holder was inside")
-        (let_go or self.let_go)(holder)
-
-    def assert_every_judge_keeps(self, hold, prefix=(), text="first"):
-        """hold() puts a living holder inside Qt's lock, and returns it and how to let it
-        go. With it inside, each process of ours that may judge a holder dead waits in
-        turn: a viewer; the idle loader (behind which a stand-in Qt program waits); the
-        loader's next write. None gets in, nor lets another in, while the holder lives.
-        prefix: the command prefix for our scripts. Returns what the scripts said."""
-        loader = self.start_typing(prefix=prefix, text=text)
-        said = ""
-        with self.one_at_a_time():
-            for judge in ("viewer", "idle loader", "write"):
-                holder, let_go = hold()
-                if judge == "viewer":
-                    waiting = self.start(script=VIEWER, prefix=prefix)
-                elif judge == "idle loader":
-                    waiting = self.lock_peer("hold")
-                else:
-                    self.type_line(loader, text)
-                    waiting = loader
-                self.assert_kept(holder, waiting, let_go=let_go)
-                if judge == "viewer":
-                    status, out, err = self.finish(waiting)
-                    self.assertEqual((status, len(out)), (0, len(text) + 1), err)
-                    said += err
-                elif judge == "idle loader":
-                    self.assertEqual(self.wait_line(waiting), "inside\n")
-                    self.let_go(waiting)
-                else:
-                    self.assertRegex(self.wait_line(loader), "^Loaded ")
-        loader.stdin.close()
-        status, out, err = self.finish(loader)
-        self.assertEqual(status, 0, err)
-        said += err
-        self.assertNotIn("giving it back", said)
-        return said
 
     def holder_with(self, *options):
         """A hold() for assert_every_judge_keeps: a stand-in Qt program with options."""
@@ -1374,6 +1417,51 @@ class QtLockProofTest(ProcessTestCase):
         loader.stdin.close()
         self.assertNotIn("giving it back", self.finish(loader)[2] + results[2][2])
 
+    def test_every_touch_of_qt_lock_leaves_a_living_holder_inside(self):
+        # Our code opens Qt's lock, makes it (as Qt's create() does), waits for it, gives it
+        # back, and removes it; none of these lets a second process in while a Qt program is
+        # inside, of either kind.
+        for sysv in ((), ("--sysv",)):
+            with self.subTest(sysv=sysv):
+                if sysv:  # a lock that a Qt program left, and a Qt program inside it
+                    shmcodec_in(self.tmpdir, lambda: self.segment_kind(True).open_qt_lock(
+                        create=True))
+                else:
+                    self.make_qt_posix_lock()
+                holder = self.hold_qt_lock(sysv=bool(sysv))
+                waiter = self.lock_peer("hold", sysv=bool(sysv))  # another Qt program in line
+                with self.one_at_a_time(bool(sysv)):
+                    loader = self.start(*sysv, "ours")  # create(): it keeps the lock there
+                    self.assertIn("waiting for Qt's lock", self.wait_line(loader, stderr=True))
+                    self.assertTrue(self.still_running(loader, 2), "it wrote while Qt was inside")
+                    started = time.monotonic()
+                    loader.terminate()  # it quits, and removes Qt's lock only while holding it
+                    status, out, err = self.finish(loader)
+                    self.assertLess(time.monotonic() - started, 2)  # within a second, as every wait
+                    self.assertEqual((status, out), (1, b""))
+                    self.assertIn("stopped while waiting for Qt's lock", err)
+                    self.assertIn("is held by another process; leaving it in place", err)
+                    self.assertTrue(self.still_running(waiter, 1), "the waiter was let in")
+                    self.let_go(holder)
+                    self.assertEqual(self.wait_line(waiter), "inside\n")
+                    self.let_go(waiter)
+                self.assertEqual(self.semaphore_value(bool(sysv)), 1)  # left in place, free
+                # At the end of input, a loader waits for the holder, to remove its lock.
+                loader = self.start_typing(*sysv)
+                holder = self.hold_qt_lock(sysv=bool(sysv))
+                with self.one_at_a_time(bool(sysv)):
+                    loader.stdin.close()
+                    self.assertIn("waiting for Qt's lock", self.wait_line(loader, stderr=True))
+                    waiter = self.lock_peer("hold", sysv=bool(sysv))  # in line behind it
+                    self.assertTrue(self.still_running(loader, 1))
+                    self.let_go(holder)
+                    # The waiter gets in before the loader (then the loader waits for it
+                    # too), or after: by the lock given back, or its set gone.
+                    self.assertEqual(self.wait_line(waiter), "inside\n")
+                    self.let_go(waiter)
+                    self.assertEqual(self.finish(loader)[0], 0)
+                self.assert_nothing_left()
+
     def test_a_hand_over_in_the_middle_of_a_look_is_never_taken_for_a_death(self):
         # The moment forced: a viewer's look has found the waiter asleep in line, and now
         # comes to the holder; just then the holder lets go and quits, and the waiter takes
@@ -1480,11 +1568,16 @@ class TwoUsersTest(ProcessTestCase):
         super().setUp()
         os.chmod(self.tmpdir, 0o1777)  # everyone's, like /tmp
 
+    @staticmethod
+    def as_(user):
+        """The command prefix that runs a command as user, in place."""
+        return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups"]
+
     def as_user(self, user, script, *args, stdin=subprocess.DEVNULL):
         """Start script as user, in the background."""
         process = subprocess.Popen(
-            ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
-             self.python, os.path.join(self.scripts, script), "--key", self.key, *args],
+            [*self.as_(user), self.python, os.path.join(self.scripts, script), "--key", self.key,
+             *args],
             stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=self.env, cwd=self.scripts)
         self.processes.append(process)
@@ -1717,6 +1810,56 @@ class TwoUsersTest(ProcessTestCase):
                 loader.terminate()
                 self.assertEqual(self.finish(loader)[0], 0)
                 self.assert_nothing_left()
+
+    def test_an_ordinary_user_never_robs_a_holder_and_proves_only_its_own_deaths(self):
+        a, b = self.users
+        loader = self.as_user(a, "load_shared.py", stdin=subprocess.PIPE)
+        self.type_line(loader, "first")
+        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        for who, options in (("a's own, made non-dumpable (as a setuid program is)",
+                              ("--nondumpable",)), ("root's", ())):
+            with self.subTest(f"a living Qt program of {who} inside a's lock"):
+                holder = self.hold_qt_lock(*options, prefix=self.as_(a) if who.startswith("a")
+                                           else (), python=self.python)
+                viewer = self.as_user(a, "show_shared.py")
+                said = self.wait_line(viewer, stderr=True)
+                self.assertIn("a process we cannot see: only root can read every process", said)
+                self.assertTrue(self.still_running(viewer, 3), "a's viewer robbed a living holder")
+                self.let_go(holder)
+                self.assertEqual(self.finish(viewer)[:2], (0, b"first\n"))
+        with self.subTest("a dead Qt program's lock stays taken, and a is told what to do"):
+            holder = self.hold_qt_lock(prefix=self.as_(a), python=self.python)
+            holder.kill()
+            holder.wait()
+            viewer = self.as_user(a, "show_shared.py")
+            said = self.wait_line(viewer, stderr=True)
+            self.assertIn(f"rm /dev/shm/sem.{self.key}", said)
+            self.assertTrue(self.still_running(viewer, 3), "an ordinary user took a guess for a proof")
+            viewer.kill()  # what the line says: quit what uses the key, remove the lock
+            loader.terminate()
+            self.assertEqual(self.finish(loader)[0], 0)
+            subprocess.run([*self.as_(a), "rm", f"/dev/shm/sem.{self.key}"], check=True)
+            loader = self.load_as(a, "again")
+            self.assertEqual(self.run_as(a, "show_shared.py"), (0, b"again\n", ""))
+            loader.terminate()
+            self.assertEqual(self.finish(loader)[0], 0)
+            self.assert_nothing_left()
+        with self.subTest("a's own viewer, killed inside a's lock: proven dead at once"):
+            with tempfile.TemporaryFile() as source:
+                source.write(b"x" * BIG)
+                source.seek(0)
+                loader = self.as_user(a, "load_shared.py", "-", stdin=source)
+            self.assertRegex(self.wait_line(loader), "^Loaded ")
+            viewer = self.viewer_stopped_inside_qt_lock(
+                start=lambda: self.as_user(a, "show_shared.py", "--verbose"))
+            os.kill(viewer.pid, signal.SIGKILL)
+            status, out, err = self.finish(self.as_user(a, "show_shared.py"))
+            self.assertEqual((status, len(out)), (0, BIG + 1))
+            self.assertIn(f"left taken by show_shared.py (pid {viewer.pid}), which died inside it",
+                          err)
+            loader.terminate()
+            self.assertEqual(self.finish(loader)[0], 0)
+            self.assert_nothing_left()
 
     def test_a_fifo_in_the_segments_place_is_one_line_for_everyone(self):
         a, b = self.users
@@ -2109,10 +2252,10 @@ FORCED = r'''
 import runpy
 import sys
 
-import shmcodec
+patch, sys.argv = sys.argv[1], sys.argv[2:]
+import shmcodec  # noqa: E402  (it names the program after sys.argv[0])
 
-exec(sys.argv[1])
-sys.argv = sys.argv[2:]
+exec(patch)
 runpy.run_path(sys.argv[0], run_name="__main__")
 '''
 
@@ -2138,11 +2281,69 @@ shmcodec.semaphore_use = semaphore_use
 '''
 
 
+# A PATCH for FORCED: Qt's System V key file for the lock of $KEY vanishes at the worst
+# moment, as when its maker quits: after our try to make it (O_EXCL) found it there, and
+# before we look at it (lstat).
+VANISH_AT_THE_WORST_MOMENT = r'''
+import os
+
+opened, looked_at = os.open, os.lstat
+key_file = shmcodec.qt_key_file("systemsem", os.environ["KEY"])
+found_there = []
+
+
+def os_open(path, flags, *args, **kwargs):
+    try:
+        return opened(path, flags, *args, **kwargs)
+    except FileExistsError:
+        found_there.append(path == key_file)
+        raise
+
+
+def os_lstat(path, *args, **kwargs):
+    if path == key_file and found_there.pop() if found_there else False:
+        os.unlink(path)
+    return looked_at(path, *args, **kwargs)
+
+
+os.open, os.lstat = os_open, os_lstat
+'''
+
+# A PATCH for FORCED: while inside Qt's POSIX lock, our script holds a flock on the file
+# $MARKER (say "VIOLATION" on stderr if another holds it), and says "inside" on stderr.
+MARKED_INSIDE = r'''
+import fcntl
+import os
+
+acquire, release = shmcodec.PosixSemaphore.acquire, shmcodec.PosixSemaphore.release
+
+
+def marked_acquire(self, give_up):
+    if not acquire(self, give_up):
+        return False
+    self.marker = os.open(os.environ["MARKER"], os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(self.marker, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.write(2, b"VIOLATION\\n")
+    os.write(2, b"inside\\n")
+    return True
+
+
+def marked_release(self):
+    os.close(self.marker)
+    release(self)
+
+
+shmcodec.PosixSemaphore.acquire, shmcodec.PosixSemaphore.release = marked_acquire, marked_release
+'''
+
 # A Qt program for the tests, doing what the article's two programs do, in Qt 5 (PyQt5) or
 # Qt 6 (PySide6). It runs in a subprocess, under a Python that has the binding.
 QT_PEER = r'''"""A Qt program for the tests, doing what the article's programs do.
 
-usage: python - BINDING legacy|safe KEY write TEXT | read | lock | encode | decode
+usage: python - BINDING legacy|safe KEY write TEXT | read | lock | lock-two-threads | encode |
+                                         decode | soak SECONDS MARKER [two-threads]
 """
 import json
 import sys
@@ -2208,6 +2409,69 @@ elif action == "lock":  # attach and hold lock() until a line comes on stdin
     sys.stdin.readline()
     memory.unlock()
     memory.detach()
+elif action in ("lock-two-threads", "soak"):
+    # A second thread of this Qt program waits for the same lock, through ctypes: a binding
+    # keeps its global lock inside lock(), which would freeze a second thread in lock().
+    import ctypes
+    import fcntl
+    import os
+    import random
+    import threading
+    import time
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.sem_open.restype = ctypes.c_void_p
+    semaphore = ctypes.c_void_p(libc.sem_open(f"/{key}".encode(), 0))
+    if not memory.attach():
+        sys.exit(memory.errorString())
+    if action == "lock-two-threads":
+        memory.lock()
+        print("locked", flush=True)
+        second = threading.Thread(target=lambda: (libc.sem_wait(semaphore),
+                                                  print("second inside", flush=True),
+                                                  libc.sem_post(semaphore)))
+        second.start()
+        sys.stdin.readline()
+        memory.unlock()
+        second.join()
+        sys.exit()
+    # soak: lock(), and say "inside" while alone inside (a flock on MARKER), else
+    # "VIOLATION"; with two-threads, a second thread takes turns with the first.
+    deadline, two_threads = time.monotonic() + float(sys.argv[5]), "two-threads" in sys.argv
+
+    def inside(lock, unlock):
+        marker = os.open(sys.argv[6], os.O_RDWR | os.O_CREAT, 0o600)  # each its own flock
+        lock()
+        try:
+            fcntl.flock(marker, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            print("VIOLATION", flush=True)
+        print("inside", flush=True)
+        time.sleep(random.uniform(0, 0.05))
+        os.close(marker)
+        unlock()
+        time.sleep(random.uniform(0, 0.05))
+
+    turn = threading.Event()
+
+    def second_thread():
+        while time.monotonic() < deadline:
+            turn.wait()
+            turn.clear()
+            inside(lambda: libc.sem_wait(semaphore), lambda: libc.sem_post(semaphore))
+            turn.set()
+            time.sleep(0.01)
+    if two_threads:
+        threading.Thread(target=second_thread, daemon=True).start()
+    while time.monotonic() < deadline:
+        inside(memory.lock, memory.unlock)
+        if two_threads:  # the other thread's turn: it waits in sem_wait while we are inside
+            turn.set()
+            time.sleep(0.01)
+            while turn.is_set():
+                time.sleep(0.005)
+            turn.wait()
+            turn.clear()
 del memory  # Qt's destructor: detach, and remove the semaphore if this process made it
 '''
 
@@ -2508,6 +2772,100 @@ class Qt6Test(QtPeerTests, ProcessTestCase):
         self.assertEqual(status, 0)
         self.assertEqual(err.count("left taken by a process that died; giving it back"), 1, err)
         self.assert_nothing_left()
+
+    def test_a_qt_program_with_two_threads_keeps_its_lock(self):
+        # Its main thread inside lock(), a second thread asleep in line for the same lock:
+        # the process waits only if every thread of it does. None of our judges may take
+        # it for a mere waiter.
+        def hold():
+            holder = self.qt("safe", "lock-two-threads", stdin=subprocess.PIPE)
+            self.assertEqual(self.wait_line(holder), "locked\n")
+
+            def let_go(holder):  # (its exit waits: Qt's detach() takes lock() first)
+                holder.stdin.write(b"\n")
+                holder.stdin.flush()
+                self.assertEqual(self.wait_line(holder), "second inside\n")  # only now
+            return holder, let_go
+        self.assert_every_judge_keeps(hold)
+
+    def test_soak_nobody_is_ever_inside_with_another(self):
+        # For a while, parties take Qt's lock again and again, each saying "inside" only
+        # while it holds a flock on a marker file, which every other party inside takes too:
+        # our viewers and our loader's writes, single-threaded Qt programs, a Qt program with
+        # two threads. Some are SIGKILLed inside. Nobody is ever inside with another; after
+        # each death whose evidence is complete, somebody is inside again within about 3 s.
+        # (While the two-thread program lives, a single-threaded one's death is not proven:
+        # the two-thread one, whose threads do not all sleep in line, might be the holder.
+        # So those die only once it has ended.)
+        if os.geteuid() != 0:
+            self.skipTest("only root can prove a Qt program's death")
+        seconds, rng = 24, random.Random(6)
+        started = time.monotonic()
+        marker = os.path.join(self.tmpdir, "inside")
+        marked = dict(self.env, MARKER=marker)
+        loader = self.start_forced(MARKED_INSIDE, LOADER, env=marked, stdin=subprocess.PIPE)
+        self.type_line(loader, "x" * (2 << 20))  # a viewer is inside for a while, reading it
+        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        parties = {}  # process -> (kind, the stream on which it says "inside")
+
+        def start(kind):
+            left = str(seconds - (time.monotonic() - started))
+            if kind == "viewer":
+                party = self.start_forced(MARKED_INSIDE, VIEWER, env=marked,
+                                          stdout=subprocess.DEVNULL)
+                parties[party] = kind, party.stderr
+            else:
+                party = self.qt("safe", "soak", left, marker, *(["two-threads"] if
+                                                                 kind == "two threads" else []))
+                parties[party] = kind, party.stdout
+            os.set_blocking(parties[party][1].fileno(), False)
+        for kind in ("viewer", "viewer", "qt", "qt", "two threads"):
+            start(kind)
+        violations, gaps, died_at, last_kill, last_write = [], [], None, 0, time.monotonic()
+        os.set_blocking(loader.stdout.fileno(), False)
+        os.set_blocking(loader.stderr.fileno(), False)
+        with self.one_at_a_time():
+            while time.monotonic() - started < seconds:
+                now = time.monotonic()
+                if last_write and now - last_write > 2:  # its next write enters the lock too
+                    self.type_line(loader, "x" * (2 << 20))
+                    last_write = None
+                streams = {stream: party for party, (_, stream) in parties.items()}
+                streams.update({loader.stderr: loader, loader.stdout: loader})
+                ready, _, _ = select.select(list(streams), [], [], 0.1)
+                for stream in ready:
+                    party, said = streams[stream], stream.read() or b""
+                    if stream is loader.stdout and b"Loaded" in said:
+                        last_write = time.monotonic()
+                    violations += [party.args[:5]] * said.count(b"VIOLATION")
+                    if b"inside" not in said:
+                        continue
+                    if died_at is not None:
+                        gaps.append(time.monotonic() - died_at)
+                        died_at = None
+                    kind = parties.get(party, ("loader",))[0]
+                    two_threads_alive = any(k == "two threads" and p.poll() is None
+                                            for p, (k, _) in parties.items())
+                    provable = kind in ("viewer", "two threads") or (
+                        kind == "qt" and not two_threads_alive)
+                    if provable and now - last_kill > 3 and rng.random() < 0.3:
+                        party.kill()  # inside, or a moment after it came out
+                        died_at = last_kill = time.monotonic()
+                for party, (kind, _) in list(parties.items()):
+                    if party.poll() is not None:  # ended, or killed: another takes its place
+                        del parties[party]
+                        if kind != "two threads" and time.monotonic() - started < seconds - 3:
+                            start(kind)
+            for party in parties:
+                party.kill()
+        loader.stdin.close()
+        status, out, err = self.finish(loader)
+        self.assertEqual(status, 0, err)
+        self.assertEqual(violations, [])
+        print(f"\nsoak: {len(gaps)} deaths, longest wait after one {max(gaps, default=0):.1f} s",
+              file=sys.stderr)
+        self.assertGreaterEqual(len(gaps), 3, "too few deaths to tell")
+        self.assertLess(max(gaps), 3 + 2)  # about 3 s, on a busy machine
 
     def test_loader_killed_holding_qt_lock_blocks_qt_only_until_the_next_run(self):
         self.kill_while_writing()
