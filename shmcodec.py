@@ -793,26 +793,18 @@ class PosixSemaphore:
     """
 
     def __init__(self, name, create, lock_file):
-        # create is Qt's create(): a fresh semaphore, an old one unlinked to make way for
-        # it; but one that is taken is kept, for its holder may be alive: two processes
-        # must never be inside /KEY at once. Without create, open the one that is there:
-        # FileNotFoundError if none.
+        # create is Qt's create(), but for one thing: Qt first unlinks a semaphore that is
+        # there and makes a fresh one, which lets two in at once if anyone holds the old
+        # one, or is about to take it. We open it if it is there (as Qt's second try does:
+        # O_CREAT alone), and remove it when we quit, while we hold it. Without create,
+        # open the one that is there: FileNotFoundError if none.
         self.name, self.made, self.lock_file, self.last_look = name, create, lock_file, None
         self.held = False  # by this process, between acquire() and release()
-        for _ in range(3):  # as Qt: another process may make one again in between
-            handle = libc.sem_open(name.encode(), os.O_CREAT | os.O_EXCL if create else 0,
-                                   ctypes.c_uint(0o600), ctypes.c_uint(1))
-            if handle or not create or ctypes.get_errno() != errno.EEXIST:
-                break
-            handle = libc.sem_open(name.encode(), 0)
-            if handle and semaphore_value(handle) <= 0:
-                break  # taken: keep it (and remove it when we quit, while we hold it)
-            if handle:
-                libc.sem_close(ctypes.c_void_p(handle))
-            libc.sem_unlink(name.encode())
-        self.handle = c_call(handle, f"semaphore {name}")
+        self.handle = c_call(libc.sem_open(name.encode(), os.O_CREAT if create else 0,
+                                           ctypes.c_uint(0o600), ctypes.c_uint(1)),
+                             f"semaphore {name}")
         self.file = mapped_file(self.handle)  # "DEVICE INODE" of its file, or None
-        tell("Qt's lock", f"sem_open(O_CREAT|O_EXCL, value 1): {name}" if create else
+        tell("Qt's lock", f"sem_open(O_CREAT, value 1): {name}" if create else
              f"sem_open: {name}")
 
     def acquire(self, give_up):
@@ -1014,12 +1006,13 @@ class PosixSemaphore:
         (give_up: how long we may wait to hold it; by default not at all)."""
         if self.made and (self.held or self.acquire(give_up)):
             libc.sem_unlink(self.name.encode())
+            tell("Qt's lock", f"sem_unlink, while we hold it: {self.name}")
             self.release()  # whoever else has it open still waits on it: let them in
         elif self.made:
             warn(f"Qt's lock on {self.name} is held by another process; leaving it in place "
                  "(the next load_shared.py removes it)")
         libc.sem_close(ctypes.c_void_p(self.handle))
-        tell("Qt's lock", f"sem_close{' + sem_unlink' if self.made else ''}: {self.name}")
+        tell("Qt's lock", f"sem_close: {self.name}")
 
 
 Look = collections.namedtuple("Look", "holders unknown waiters mappings")
@@ -1123,13 +1116,16 @@ def semaphore_use(pid, file, page):
 
     PermissionError if /proc does not let us read it; FileNotFoundError if it is gone."""
     device, inode = file.split()
-    threads, lines = os.listdir(f"/proc/{pid}/task"), ""
-    for tid in threads:  # any live thread shows the process's map, when its first has ended
-        with open(f"/proc/{pid}/task/{tid}/maps") as maps:
-            lines = maps.read()
-        if lines:
-            break
-    task = f"{pid}/task/{tid}" if lines else pid
+    task = pid
+    with open(f"/proc/{pid}/maps") as maps:
+        lines = maps.read()
+    if not lines:  # its first thread has ended: any live thread shows the process's map
+        for tid in set(os.listdir(f"/proc/{pid}/task")) - {pid}:  # (a kernel thread: none)
+            task = f"{pid}/task/{tid}"
+            with open(f"/proc/{task}/maps") as maps:
+                lines = maps.read()
+            if lines:
+                break
     if f" {inode} " not in lines:  # a quick test before splitting the lines
         return None, 0
     spans = [[int(edge, 16) for edge in fields[0].split("-")]
@@ -1138,7 +1134,7 @@ def semaphore_use(pid, file, page):
     if not spans:
         return None, 0
     mapped = sum(page is not None and page_frame(task, start) == page for start, _ in spans)
-    states = {tid: thread_state(pid, tid, spans) for tid in threads}
+    states = {tid: thread_state(pid, tid, spans) for tid in os.listdir(f"/proc/{pid}/task")}
     return (states if all(states.values()) else "runs"), mapped
 
 

@@ -1462,6 +1462,30 @@ class QtLockProofTest(ProcessTestCase):
                     self.assertEqual(self.finish(loader)[0], 0)
                 self.assert_nothing_left()
 
+    def test_a_free_lock_with_a_qt_program_on_its_way_in_is_kept(self):
+        # A Qt program is woken for a lock given back, and will take it at its next step: the
+        # lock reads free in between. A loader that started then, and put a fresh lock in its
+        # place (as Qt's create() does), would write while that program is inside the old one.
+        self.make_qt_posix_lock()
+        holder = self.hold_qt_lock()
+        waiter = self.lock_peer("hold")
+        time.sleep(0.3)  # asleep in line
+        waiter.send_signal(signal.SIGSTOP)
+        self.let_go(holder)  # it is woken, stopped, on its way in: the lock reads free
+        holder.wait()
+        self.assertEqual(self.semaphore_value(), 1)
+        loader = self.start_typing()
+        with self.one_at_a_time():
+            waiter.send_signal(signal.SIGCONT)
+            self.assertEqual(self.wait_line(waiter), "inside\n")
+            self.type_line(loader, "second")
+            self.assertTrue(self.still_running(loader, 2), "it wrote while Qt was inside")
+            self.let_go(waiter)
+            self.assertRegex(self.wait_line(loader), "^Loaded ")
+        loader.stdin.close()
+        self.assertEqual(self.finish(loader)[0], 0)
+        self.assert_nothing_left()
+
     def test_a_hand_over_in_the_middle_of_a_look_is_never_taken_for_a_death(self):
         # The moment forced: a viewer's look has found the waiter asleep in line, and now
         # comes to the holder; just then the holder lets go and quits, and the waiter takes
@@ -1890,8 +1914,8 @@ class VerboseTest(ProcessTestCase):
                 *self.QT_UNLOCK[sysv], "unlock(), our half"]
 
     def release_steps(self, sysv):  # Qt's lock is removed while we hold it
-        return ["release", "detach()", "remove", "logbook", *self.QT_LOCK[sysv],
-                *(["unlock(), Qt's half"] * 2 if not sysv else []), "Qt's lock", "release"]
+        return ["release", "detach()", "remove", "logbook", *self.QT_LOCK[sysv], "Qt's lock",
+                *(["unlock(), Qt's half"] * 2 + ["Qt's lock"] if not sysv else []), "release"]
 
     def show_steps(self, sysv):  # a System V semaphore is used by its id: nothing to close
         return ["our lock file", "lock(), our half", "attach(): which kind?", "Qt's lock",
