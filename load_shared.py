@@ -44,9 +44,19 @@ class Failure(Exception):
     """A runtime failure: its message is the one line we print before exiting 1."""
 
 
+class NotLoaded(Exception):
+    """A text that could not be loaded; kept: the segment that still holds the text that
+    was there before (None: there is none)."""
+
+    def __init__(self, why, kept=None):
+        super().__init__(why)
+        self.kept = kept
+
+
 def main():
     key, text, replace, kind = read_command_line()
-    lock_file = qt_lock = segment = None
+    lock_file = qt_lock = segment = leftover = None
+    missed = False  # a typed line that could not be loaded
     try:
         if text is shmcodec.STDIN:
             text = read_stdin()  # before we own anything: a Ctrl-C here just ends us
@@ -57,37 +67,55 @@ def main():
         #    every wait (see shmcodec.watch_stop_signals).
         shmcodec.watch_stop_signals()
         # 3. Own the key: one loader at a time, and clear away what a dead one left.
-        become_owner(lock_file, kind, replace)
-        # 4. Qt's lock for this kind of segment, made afresh as Qt's create() makes it.
+        leftover = become_owner(lock_file, kind, replace)
+        # 4. Qt's lock for this kind of segment, as Qt's create() makes it.
         qt_lock = kind.open_qt_lock(lock_file, create=True)
         # 5. Load the text (each line typed replaces it), 6. and hold it until told to stop.
         if text is None:
             for line in lines_until_stopped(kind, qt_lock):
-                segment = load(lock_file, qt_lock, kind, line, segment)
+                try:
+                    segment = load(lock_file, qt_lock, kind, line, segment)
+                except NotLoaded as failure:
+                    segment = failure.kept
+                    if segment is None:  # nothing to keep: as for TEXT, we fail
+                        raise
+                    shmcodec.warn(f"that line was not loaded: {failure}; the old text stays")
+                    missed = True
         else:
             segment = load(lock_file, qt_lock, kind, text, segment)
             say(f"holding {kind.name} until Ctrl-C, SIGTERM or SIGHUP")
             wait_for_input_or_stop(qt_lock, stdin=False)
-    except (Failure, OSError) as failure:
-        say(f"load_shared.py: {shmcodec.one_line(failure)}")
+    except (Failure, NotLoaded, OSError) as failure:
+        shmcodec.warn(shmcodec.one_line(failure))
         return 1
     except MemoryError:
-        say("load_shared.py: not enough memory for the text")
+        shmcodec.warn("not enough memory for the text")
         return 1
     finally:
         # 7. Release: remove our segment and Qt's lock, whichever way we leave.
         if lock_file is not None:
-            release(lock_file, kind, segment, qt_lock)
-    return 0
+            release(lock_file, kind, segment, qt_lock, leftover)
+    return 1 if missed else 0
 
 
-def load(lock_file, qt_lock, kind, text, old_segment):
+def load(lock_file, qt_lock, kind, text, old):
     """Write text into a new segment, under both locks: QSharedMemory::create() + memcpy.
 
-    Returns the new segment, which we stay attached to while we hold the text.
+    Returns the new segment, which we stay attached to while we hold the text, in place of
+    old (ours, or None). text: a str, or a typed line's bytes (None: one that was too long
+    to read). NotLoaded if it cannot be loaded: then old still holds the old text.
     """
     # Serialize before we lock, so that readers wait only for the copy.
-    prefix, payload = shmcodec.qstring_parts(text)
+    try:
+        if text is None:
+            raise MemoryError
+        if not isinstance(text, str):
+            text = text.decode("utf-8")
+        prefix, payload = shmcodec.qstring_parts(text)
+    except MemoryError:
+        raise NotLoaded("not enough memory for the text", old) from None
+    except UnicodeDecodeError as error:
+        raise NotLoaded(f"the text is not valid UTF-8 (byte {error.start})", old) from None
     size = len(prefix) + len(payload)
     tell("QDataStream << text", f"{size} bytes: a {len(prefix)}-byte count, then UTF-16BE")
     not_loaded = "; the text was not loaded"
@@ -98,27 +126,7 @@ def load(lock_file, qt_lock, kind, text, old_segment):
         if not qt_lock.acquire(give_up=stopped):  # then Qt's
             raise Failure(f"stopped while waiting for Qt's lock on {kind.name}{not_loaded}")
         try:
-            # The logbook says "writing" while the segment may hold half a text, and
-            # "loaded" once it is whole: a crash at any point leaves a state that the next
-            # run, and every viewer, can read.
-            lock_file.write_logbook("writing", kind)
-            if old_segment:
-                # A segment has a fixed size, so a new text needs a new segment, and the
-                # old one goes.
-                kind.detach(old_segment)
-                kind.remove(old_segment)
-            try:
-                segment = kind.make(size)  # which attaches, as Qt's create() does
-            except OSError as error:
-                lock_file.write_logbook("")  # no segment of ours: nothing to remove later
-                if isinstance(error, FileExistsError):
-                    raise Failure(f"{kind.name} was made meanwhile by another program") from None
-                raise Failure(f"cannot make a {size}-byte segment {kind.name}: "
-                              f"{shmcodec.one_line(error)}") from None
-            segment.buf[:len(prefix)] = prefix
-            segment.buf[len(prefix):size] = payload
-            tell("memcpy(to, from, size)", f"{size} bytes into {kind.name}")
-            lock_file.write_logbook("loaded", kind)
+            segment = write_segment(lock_file, kind, prefix, payload, old)
         finally:
             qt_lock.release()
     finally:
@@ -127,8 +135,73 @@ def load(lock_file, qt_lock, kind, text, old_segment):
     return segment
 
 
-def release(lock_file, kind, segment, qt_lock):
-    """Detach; remove the segment if the logbook says it is ours; remove Qt's lock.
+def write_segment(lock_file, kind, prefix, payload, old):
+    """Under both locks: make a new segment (a segment has a fixed size, so a new text needs
+    a new one), copy the text in, and put it in place of old.
+
+    Where the new one can take the old one's place at once (a POSIX name on Linux), the key
+    holds a whole text throughout: the old one until that instant, then the new one. Where
+    it cannot (System V: a key names one segment), the old one goes first, the logbook says
+    "writing" meanwhile, and our own mapping of it keeps its text, to put back if the new
+    one cannot be made.
+    """
+    size = len(prefix) + len(payload)
+    # The logbook names us before we make anything, so that the next loader clears what we
+    # leave if we die; "writing" while the key's segment may hold half a text.
+    lock_file.write_logbook("loaded" if kind.replaces_at_once else "writing", kind)
+    if old and not kind.replaces_at_once:
+        kind.remove(old)
+    try:
+        segment = kind.make(size)  # which attaches, as Qt's create() does
+    except OSError as error:
+        if isinstance(error, FileExistsError):
+            raise Failure(f"{kind.name} was made meanwhile by another program") from None
+        why = f"cannot make a {size}-byte segment {kind.name}: {shmcodec.one_line(error)}"
+        if old and not kind.replaces_at_once:
+            try:
+                old = put_back(kind, old)
+            except OSError as lost:
+                lock_file.write_logbook("")  # no segment of ours: nothing to remove later
+                raise NotLoaded(f"{why}; and the old text could not be put back: "
+                                f"{shmcodec.one_line(lost)}", None) from None
+        lock_file.write_logbook("loaded" if old else "", kind)
+        raise NotLoaded(why, old) from None
+    segment.buf[:len(prefix)] = prefix
+    segment.buf[len(prefix):size] = payload
+    tell("memcpy(to, from, size)", f"{size} bytes into {kind.name}")
+    if not kind.replaces_at_once:
+        lock_file.write_logbook("loaded", kind)
+    try:
+        kind.put_in_place(segment, old)
+    except FileExistsError:
+        kind.detach(segment)
+        lock_file.write_logbook("")
+        raise Failure(f"{kind.name} was made meanwhile by another program") from None
+    if old:
+        kind.detach(old)
+    return segment
+
+
+def put_back(kind, old):
+    """The old text, under the key again, from our own mapping of the old segment (which
+    is gone from the key). Where there is no room beside it (no memory, or no System V id
+    left), it is copied out first, and its segment let go, to make room for the copy."""
+    try:
+        segment = kind.make(old.size)
+        segment.buf[:old.size] = old.buf
+    except OSError:
+        saved = bytes(old.buf)
+        kind.detach(old)
+        segment = kind.make(len(saved))
+        segment.buf[:len(saved)] = saved
+        return segment
+    kind.detach(old)
+    return segment
+
+
+def release(lock_file, kind, segment, qt_lock, leftover=None):
+    """Detach; remove the segment if the logbook says it is ours; remove Qt's lock (and a
+    dead loader's of the other kind, leftover).
 
     Under DATA_LOCK, unless a viewer holds it and we were told to stop: a viewer keeps
     its own mapping of what we remove, so we need not wait for it.
@@ -140,10 +213,11 @@ def release(lock_file, kind, segment, qt_lock):
     if logbook and logbook.pid == os.getpid():
         kind.remove(segment)
         lock_file.write_logbook("")
-    if qt_lock:
+    for lock in (qt_lock, leftover):
         # Its maker removes Qt's lock (and key file), as Qt does, but only while holding it:
         # we wait for a holder, unless we were told to stop.
-        qt_lock.close(give_up=stopped)
+        if lock:
+            lock.close(give_up=stopped)
     if locked:
         lock_file.unlock(DATA_LOCK, step="release")
 
@@ -152,12 +226,15 @@ def release(lock_file, kind, segment, qt_lock):
 
 
 def become_owner(lock_file, kind, replace):
-    """Take the key's OWNER_LOCK for good, and clear away what a dead loader left."""
+    """Take the key's OWNER_LOCK for good, and clear away what a dead loader left. Returns
+    the dead loader's Qt lock of the other kind, if it must be removed later (see
+    clear_qt_lock_of), else None."""
     # DATA_LOCK first: show_shared.py probes OWNER_LOCK only under DATA_LOCK, so a probe
     # can never make us believe another loader is alive.
     if not lock_file.lock(DATA_LOCK, exclusive=True, step="own the key", give_up=stopped):
         raise Failure(f"stopped while waiting for the lock on key {kind.key!r}; "
                       "nothing was loaded")
+    leftover = None
     try:
         logbook = lock_file.read_logbook()
         if not lock_file.lock(OWNER_LOCK, exclusive=True, step="own the key", wait=False):
@@ -176,7 +253,8 @@ def become_owner(lock_file, kind, replace):
                 say(f"replacing {left.name}, left behind by load_shared.py "
                     f"(pid {logbook.pid}), which is gone")
                 left.remove()
-            clear_qt_lock_of(lock_file, left, reused=left.tag == kind.tag)
+            left.clear_unfinished()
+            leftover = clear_qt_lock_of(lock_file, left, reused=left.tag == kind.tag)
         if kind.exists():
             users = kind.users()  # processes attached, or None where the system cannot tell
             if users == 0:
@@ -192,21 +270,27 @@ def become_owner(lock_file, kind, replace):
                 raise Failure(f"segment {kind.name} exists but load_shared.py did not make it "
                               "(a Qt program's?); use --replace to take it over")
             kind.remove()
+        kind.clear_unfinished()
         lock_file.write_logbook("")  # a fresh start: no segment of ours yet
     finally:
         lock_file.unlock(DATA_LOCK, step="own the key")
+    return leftover
 
 
 def clear_qt_lock_of(lock_file, left, reused):
     """A dead loader's Qt lock: give it back if the loader died inside it, so that whoever
-    waits on it (a Qt program) goes on; remove it if we will not use that kind."""
+    waits on it (a Qt program) goes on. If we will not use that kind of lock, it goes, once
+    nobody is inside: this returns it if that is not yet, for release() to remove."""
     try:
         stuck = left.open_qt_lock(lock_file)
     except FileNotFoundError:
-        return
+        return None
     stuck.look_for_dead_holder()  # its Qt record proves that it died inside
     stuck.made = not reused  # our own open_qt_lock(create=True) takes over one of our kind
-    stuck.close()
+    if reused or stuck.acquire(give_up=lambda: True):
+        stuck.close()  # removed if made: we hold it
+        return None
+    return stuck
 
 
 # --- The command line, standard input, and stop signals ----------------------------------
@@ -261,27 +345,38 @@ def wait_for_input_or_stop(qt_lock, stdin):
 
 
 def lines_until_stopped(kind, qt_lock):
-    """Yield each line read from stdin (each is a new text, like clicking Load again)
-    until the end of input or a stop signal."""
+    """Yield each line read from stdin, as bytes (each is a new text, like clicking Load
+    again), until the end of input or a stop signal; None for a line too long for our
+    memory, whose bytes we skip."""
     interactive = os.isatty(0)
     unfinished = bytearray()  # a line's start, until its newline comes
+    skipping = False  # the rest of a line too long to hold
     while True:
         if interactive:
             say(f"Text for {kind.name} (Ctrl-D quits): ", end="")
         if not wait_for_input_or_stop(qt_lock, stdin=True):
             break
         chunk = os.read(0, 1 << 20)
-        unfinished += chunk
-        if b"\n" in chunk:  # look for lines in the new bytes only: linear in a long line
-            *lines, rest = unfinished.split(b"\n")
-            unfinished = bytearray(rest)
-        else:  # at the end of input, a last line without "\n" counts too
-            lines = [unfinished] if unfinished and not chunk else []
+        lines = []
+        try:
+            if skipping:
+                if b"\n" in chunk:
+                    skipping, chunk = False, chunk.split(b"\n", 1)[1]
+                    lines.append(None)
+                else:
+                    continue
+            unfinished += chunk
+            if b"\n" in chunk:  # look for lines in the new bytes only: linear in a long line
+                *complete, rest = unfinished.split(b"\n")
+                lines += complete
+                unfinished = bytearray(rest)
+            elif unfinished and not chunk:  # at the end of input, a last line counts too
+                lines.append(bytes(unfinished))
+        except MemoryError:
+            unfinished, skipping = bytearray(), b"\n" not in chunk
+            lines.append(None) if not skipping else None
         for line in lines:
-            try:
-                yield line.decode("utf-8")
-            except UnicodeDecodeError:
-                say("that line is not valid UTF-8; the text stays as it was")
+            yield line
         if not chunk:
             break
     if interactive:

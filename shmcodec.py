@@ -371,9 +371,17 @@ else:
     UNTRACKED = {"track": False}
 
 
+# Where a POSIX segment is a file of /dev/shm (Linux), a new one can take the old one's
+# name at once (rename), as an atomic file replace does: it is made and written under a
+# temporary name, the key and the character DEL, which no key of ours can hold.
+RENAME_HERE = sys.platform.startswith("linux")
+TEMPORARY = "\x7f"
+
+
 class Posix:
     """The POSIX segment /KEY (a file in /dev/shm on Linux), as Qt 6's platformSafeKey."""
     tag = "posix"  # how the loader's logbook names this kind
+    replaces_at_once = RENAME_HERE
 
     def __init__(self, key):
         self.key = key
@@ -390,8 +398,11 @@ class Posix:
         return True
 
     def make(self, size):
-        """Create and map the segment: FileExistsError if it exists (shm_open + ftruncate)."""
-        segment = SharedMemory(self.key, create=True, size=size, **UNTRACKED)
+        """Create and map a new segment for writing (shm_open + ftruncate): where it can
+        take the key's name at once, under the temporary name, which no reader opens, until
+        put_in_place(); elsewhere under the key's name. FileExistsError if one is there."""
+        name = self.key + (TEMPORARY if self.replaces_at_once else "")
+        segment = SharedMemory(name, create=True, size=size, **UNTRACKED)
         if hasattr(os, "posix_fallocate"):
             # A new segment is sparse: its pages are found only when first written, and a
             # full /dev/shm then kills us with SIGBUS. Reserving them now turns that into
@@ -400,10 +411,29 @@ class Posix:
                 os.posix_fallocate(segment._fd, 0, size)
             except OSError:
                 segment.close()
-                self.remove()
+                _posixshmem.shm_unlink("/" + name)
                 raise
-        tell(f"create({size})", f"shm_open(O_CREAT|O_EXCL) + ftruncate + mmap: {self.name}")
+        tell(f"create({size})", "shm_open(O_CREAT|O_EXCL) + ftruncate + mmap: " + (
+            f"{self.name} + DEL, a temporary name" if self.replaces_at_once else self.name))
         return segment
+
+    def put_in_place(self, segment, old=None):
+        """Give the new segment the key's name, at once: in place of old (our segment under
+        the key now), which readers that mapped it keep until they unmap it; or, with no
+        old, FileExistsError if another program made a segment under the key meanwhile."""
+        if not self.replaces_at_once:
+            return  # it has the key's name already
+        made, final = f"/dev/shm/{self.key}{TEMPORARY}", f"/dev/shm/{self.key}"
+        replacing = old and os.stat(final).st_ino == os.fstat(old._fd).st_ino
+        try:
+            if replacing:
+                os.rename(made, final)  # readers find the old text, or the new: never none
+            else:  # first load, or our old one is not there: never replace another's
+                os.link(made, final)
+        finally:
+            if os.path.lexists(made):
+                os.unlink(made)
+        tell("put in place", f"{'rename' if replacing else 'link'} to {self.name}, at once")
 
     def attach(self):
         """Map the existing segment read-only: FileNotFoundError if there is none.
@@ -419,6 +449,15 @@ class Posix:
     def detach(self, segment):
         segment.close()
         tell("detach()", f"munmap: {self.name}")
+
+    def clear_unfinished(self):
+        """Remove a segment of ours under the temporary name: one that a loader of ours was
+        making when it died."""
+        made = f"/dev/shm/{self.key}{TEMPORARY}"
+        if self.replaces_at_once and os.path.lexists(made) and \
+                os.lstat(made).st_uid == os.geteuid():
+            os.unlink(made)
+            tell("remove", f"unlink {self.name} + DEL: a dead loader's unfinished segment")
 
     def remove(self, segment=None):
         """Remove the name, if it is there; whoever mapped it keeps the memory until closing it.
@@ -610,6 +649,13 @@ def pid_alive(pid):
 class SystemV:
     """Qt's System V segment for the legacy key KEY: the article's QSharedMemory("KEY")."""
     tag = "sysv"
+    replaces_at_once = False  # a key names one segment: the old one must go first
+
+    def put_in_place(self, segment, old=None):
+        """Nothing to do: make() made it under the key."""
+
+    def clear_unfinished(self):
+        """Nothing to do: make() makes it under the key."""
 
     def __init__(self, key):
         if not SYSTEM_V_HERE:
@@ -639,7 +685,11 @@ class SystemV:
         key, made = ipc_key(self.key_file, create=True)
         self.made_key_file = made or self.made_key_file  # the one we made last
         shmid = c_call(libc.shmget(key, size, 0o600 | IPC_CREAT | IPC_EXCL), self.name)
-        segment = AttachedSegment(shmid, readonly=False)
+        try:
+            segment = AttachedSegment(shmid, readonly=False)
+        except OSError:  # no address space left for it, say: it must not stay under the key
+            libc.shmctl(shmid, IPC_RMID, None)
+            raise
         tell(f"create({size})", f"shmget(ftok({os.path.basename(self.key_file)}, 'Q'), "
                                 f"IPC_CREAT|IPC_EXCL) + shmat: shmid {shmid}")
         return segment

@@ -28,6 +28,8 @@ import types
 import unittest
 import unittest.mock
 
+from multiprocessing.shared_memory import SharedMemory
+
 import shmcodec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -134,7 +136,7 @@ class CodecTest(unittest.TestCase):
         # A view left on the segment's buffer would make close() fail with BufferError.
         for data in (shmcodec.encode_qstring("hi"), b"\0\0\0\x09abc"):
             name = f"test_roundtrip-{os.getpid()}-view"
-            segment = shmcodec.Posix(name).make(len(data))
+            segment = qt_posix_segment(name, len(data))
             try:
                 segment.buf[:len(data)] = data
                 try:
@@ -196,9 +198,9 @@ class ProcessTestCase(unittest.TestCase):
                 if (table, ident) not in self.system_v_before and pids & ours}
 
     def assert_nothing_left(self):
-        """No segment, no semaphore, no Qt key file: what a clean exit must leave."""
-        self.assertFalse(self.segment_exists())
-        self.assertFalse(os.path.exists(f"/dev/shm/sem.{self.key}"))
+        """No segment (under the key, or the temporary name), no semaphore, no Qt key
+        file: what a clean exit must leave."""
+        self.assertEqual([name for name in os.listdir("/dev/shm") if self.key in name], [])
         self.assertEqual(self.system_v_left(), set())
         self.assertEqual([name for name in os.listdir(self.tmpdir) if name.startswith("qipc_")],
                          [])
@@ -215,17 +217,26 @@ class ProcessTestCase(unittest.TestCase):
             return ""
 
     def kill_while_writing(self, *args):
-        """Start a loader of 64 MiB and SIGKILL it while it writes (holding both locks)."""
+        """Start a loader of 64 MiB and SIGKILL it while it writes (holding both locks): for
+        System V, once its logbook says "writing" (before or after its segment exists: the
+        viewer must say the same); for POSIX, while it fills its segment under the
+        temporary name, which takes the key's name only once it is whole."""
+        sysv = "--sysv" in args
+        unfinished = f"/dev/shm/{self.key}{shmcodec.TEMPORARY}"
         with tempfile.TemporaryFile() as source:
             source.write(b"x" * (64 << 20))
             source.seek(0)
             loader = self.start(*args, "-", stdin=source)
+
+        def writing():
+            return " writing " in self.logbook() if sysv else os.path.exists(unfinished)
         deadline = time.monotonic() + TIMEOUT
-        while " writing " not in self.logbook() and time.monotonic() < deadline:
+        while not writing() and time.monotonic() < deadline:
             time.sleep(0.0005)
-        loader.kill()  # before or after its segment exists: the viewer must say the same
+        loader.kill()
         loader.wait()
-        self.assertIn(" writing ", self.logbook(), "the kill came too late")
+        self.assertTrue(writing() and (sysv or not self.segment_exists()), "the kill came too late")
+        self.addCleanup(lambda: os.path.lexists(unfinished) and os.unlink(unfinished))
         return loader
 
     @property
@@ -354,9 +365,9 @@ class ProcessTestCase(unittest.TestCase):
         out, err = process.communicate(timeout=timeout)
         return process.returncode, out, err.decode()
 
-    def run_script(self, *args, script=VIEWER, key=None, input=None):
+    def run_script(self, *args, script=VIEWER, key=None, input=None, prefix=()):
         """Run a script to its end: (exit status, stdout, stderr)."""
-        process = self.start(*args, script=script, key=key,
+        process = self.start(*args, script=script, key=key, prefix=prefix,
                              stdin=subprocess.PIPE if input else subprocess.DEVNULL)
         out, err = process.communicate(input, timeout=TIMEOUT)
         return process.returncode, out, err.decode()
@@ -508,7 +519,7 @@ class ProcessTestCase(unittest.TestCase):
 
     def write_segment(self, data):
         """Make segment /key by hand, as a Qt program (or a vandal) would."""
-        segment = shmcodec.Posix(self.key).make(max(len(data), 1))
+        segment = qt_posix_segment(self.key, max(len(data), 1))
         if data:
             segment.buf[:len(data)] = data
         segment.close()
@@ -573,11 +584,14 @@ class RoundTripTest(ProcessTestCase):
     def test_interactive_bad_utf8_line_keeps_the_text(self):
         loader = self.start(stdin=subprocess.PIPE)
         loader.stdin.write(b"good\n\xff\xfe bad\n")
-        loader.stdin.close()
+        loader.stdin.flush()
         self.assertRegex(self.wait_line(loader), "^Loaded ")
+        self.assertEqual(self.wait_line(loader, stderr=True), "load_shared.py: that line was not "
+                         "loaded: the text is not valid UTF-8 (byte 0); the old text stays\n")
+        self.assert_shows("good")
+        loader.stdin.close()
         status, out, err = self.finish(loader)
-        self.assertEqual(status, 0)
-        self.assertIn("not valid UTF-8", err)
+        self.assertEqual(status, 1)  # a line was not loaded
         self.assertNotIn("Traceback", err)
 
     def test_viewer_before_any_load(self):
@@ -689,7 +703,8 @@ class FaultTest(ProcessTestCase):
                 self.kill_while_writing(*sysv)
                 status, out, err = self.show()  # at once: it does not wait for Qt's lock
                 self.assertEqual((status, out), (1, b""))
-                self.assert_one_line(err, "died while writing")
+                # System V: its segment may hold half a text. POSIX: none is under the key.
+                self.assert_one_line(err, "died while writing" if sysv else "nothing loaded")
                 second = self.start_loader(*sysv, "whole")
                 self.assert_shows("whole")
                 second.send_signal(signal.SIGINT)
@@ -1082,7 +1097,7 @@ class DeathTest(ProcessTestCase):
         self.assert_one_line(err, "made but not written yet")
         self.unlink_segment()
         # Written while the viewer tries again, under Qt's lock as a Qt writer would.
-        writer = shmcodec.Posix(self.key).make(64)
+        writer = qt_posix_segment(self.key, 64)
         self.make_qt_posix_lock()
         viewer = self.start(script=VIEWER)
         time.sleep(0.3)
@@ -1203,11 +1218,10 @@ class RulesTest(ProcessTestCase):
                          "the waiter on the dead loader's lock was not let go")
         self.let_go(waiter)
         self.assertFalse(self.segment_exists())  # its POSIX segment
-        self.assertFalse(os.path.exists(f"/dev/shm/sem.{self.key}"))  # and its Qt lock
         self.assert_shows("next")
         loader.terminate()
         self.assertEqual(self.finish(loader)[0], 0)
-        self.assert_nothing_left()
+        self.assert_nothing_left()  # and its Qt lock: once nobody was inside it
 
     @needs_system_v
     def test_a_system_v_lock_removed_by_its_maker_while_a_viewer_waits(self):
@@ -1550,6 +1564,217 @@ class QtLockProofTest(ProcessTestCase):
         self.assertEqual(self.finish(loader)[0], 0)
 
 
+class ReplacementTest(ProcessTestCase):
+    """A new text that cannot be loaded leaves the old one in place, byte for byte, of
+    either kind; the loader says so in one line and goes on with the next line. Our
+    viewers, and a Qt program, read the old text throughout."""
+
+    def assert_qt_reads(self, text, sysv=False, prefix=()):
+        """A PySide6 reader of our key reads text (where there is a Python with PySide6;
+        with QT_TESTS_REQUIRED, there must be)."""
+        python = python_with("PySide6", "QT6_PYTHON")
+        if not python:
+            if os.environ.get("QT_TESTS_REQUIRED"):
+                self.fail("QT_TESTS_REQUIRED is set, but there is no Python with PySide6")
+            return
+        result = subprocess.run([*prefix, python, "-c", QT_PEER, "PySide6",
+                                 "legacy" if sysv else "safe", self.key, "read"],
+                                capture_output=True, env=self.env, timeout=TIMEOUT)
+        self.assertEqual((result.returncode, result.stdout.decode()), (0, ascii(text) + "\n"),
+                         result.stderr)
+
+    def assert_old_text_stays(self, loader, line, why, sysv=(), prefix=()):
+        """Type line into loader, which cannot load it (why: words of the reason); the old
+        text, "first", stays for our viewer and for Qt; the next line loads; and at the
+        end of input the loader says that a line was not loaded (exit 1)."""
+        self.type_line(loader, line)
+        said = self.wait_line(loader, stderr=True)
+        self.assertRegex(said, r"^load_shared.py: that line was not loaded: .*; the old text "
+                               r"stays\n$")
+        self.assertIn(why, said)
+        status, out, err = self.run_script(script=VIEWER, prefix=prefix)
+        self.assertEqual((status, out, err), (0, b"first\n", ""))
+        self.assert_qt_reads("first", bool(sysv), prefix)
+        self.type_line(loader, "next")
+        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        self.assertEqual(self.run_script(script=VIEWER, prefix=prefix)[:2], (0, b"next\n"))
+        loader.stdin.close()
+        status, out, err = self.finish(loader)
+        self.assertEqual(status, 1, err)
+        self.assertNotIn("Traceback", err)
+        self.assert_nothing_left()
+
+    def typing_loader(self, *args, limit=None, prefix=()):
+        """An interactive load_shared.py (after prefix), with a resource limit (resource,
+        bytes), that has loaded "first"."""
+        def set_limit():
+            if limit:
+                resource.setrlimit(limit[0], (limit[1], limit[1]))
+        loader = self.start(*args, stdin=subprocess.PIPE, preexec_fn=set_limit, prefix=prefix)
+        self.type_line(loader, "first")
+        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        return loader
+
+    def test_a_segment_over_the_file_size_limit(self):
+        # tmpfs obeys RLIMIT_FSIZE: ftruncate fails with EFBIG (prlimit --fsize).
+        loader = self.typing_loader(limit=(resource.RLIMIT_FSIZE, 1_000_000))
+        self.assert_old_text_stays(loader, "y" * 600_000, "cannot make a 1200004-byte segment "
+                                   f"/{self.key}: File too large")
+
+    def test_the_first_line_that_cannot_be_loaded_fails_as_before(self):
+        # With no old text to keep, the failure is one line, exit 1, nothing left.
+        def set_limit():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+        for args in ((), ("-",)):
+            with self.subTest(args=args):
+                typed = b"y" * 600_000 + (b"\nnext\n" if not args else b"")
+                loader = self.start(*args, stdin=subprocess.PIPE, preexec_fn=set_limit)
+                out, err = loader.communicate(typed, timeout=TIMEOUT)
+                self.assertEqual((loader.returncode, out), (1, b""))
+                self.assert_one_line(err.decode(), "cannot make a 1200004-byte segment",
+                                     "File too large")
+                self.assert_nothing_left()
+
+    def private_dev_shm(self, size):
+        """A command prefix that runs a command with its own /dev/shm of size (a tmpfs in a
+        private mount namespace); then in_it(pid) joins that namespace. Skips where that
+        cannot be done (root only)."""
+        prefix = ["unshare", "-m", "sh", "-c", f'mount -t tmpfs -o size={size} tmpfs /dev/shm '
+                  '&& exec "$@"', "sh"]
+        if not shutil.which("nsenter") or subprocess.run(
+                [*prefix, "true"], capture_output=True).returncode != 0:
+            self.skipTest("cannot mount a tmpfs in a private namespace here (root only)")
+        return prefix
+
+    def test_no_room_left_in_dev_shm(self):
+        # A full /dev/shm: posix_fallocate fails with ENOSPC.
+        loader = self.typing_loader(prefix=self.private_dev_shm("4m"))
+        inside = ["nsenter", f"--mount=/proc/{loader.pid}/ns/mnt"]
+        self.assert_old_text_stays(loader, "y" * (5 << 20), "No space left on device",
+                                   prefix=inside)
+
+    def base_size(self, *args):
+        """The address space that a loader uses once it has loaded a short line (bytes)."""
+        loader = self.start(*args, stdin=subprocess.PIPE)
+        self.type_line(loader, "first")
+        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        with open(f"/proc/{loader.pid}/status") as status:
+            size = next(int(line.split()[1]) << 10 for line in status if line.startswith("VmSize"))
+        loader.stdin.close()
+        self.finish(loader)
+        return size
+
+    def test_no_memory_to_encode_the_text(self):
+        # A line of N characters: read and decoded in 2N bytes, encoded in 2N more.
+        n = 30 << 20
+        for sysv in ((), ("--sysv",)):
+            with self.subTest(sysv=sysv):
+                limit = self.base_size(*sysv) + 3 * n
+                loader = self.typing_loader(*sysv, limit=(resource.RLIMIT_AS, limit))
+                self.assert_old_text_stays(loader, "y" * n, "not enough memory for the text",
+                                           sysv)
+
+    @needs_system_v
+    def test_no_address_space_to_attach_a_system_v_segment(self):
+        # Encoded in 4N bytes, it fits; attached (shmat), 2N more do not: ENOMEM.
+        n = 30 << 20
+        limit = self.base_size("--sysv") + 5 * n
+        loader = self.typing_loader("--sysv", limit=(resource.RLIMIT_AS, limit))
+        self.assert_old_text_stays(loader, "y" * n, "Cannot allocate memory", ("--sysv",))
+
+    def private_ipc(self, *settings):
+        """A command prefix that runs a command in its own IPC namespace, with settings
+        (kernel.NAME=VALUE) there; skips where that cannot be done (root only)."""
+        sets = " && ".join(f"echo {value} > /proc/sys/kernel/{name}"
+                           for name, value in (setting.split("=") for setting in settings))
+        prefix = ["unshare", "--ipc", "sh", "-c", f'{sets} && exec "$@"', "sh"]
+        if not shutil.which("nsenter") or subprocess.run(
+                [*prefix, "true"], capture_output=True).returncode != 0:
+            self.skipTest("cannot make an IPC namespace here (root only)")
+        return prefix
+
+    @needs_system_v
+    def test_a_system_v_segment_over_the_size_limit(self):
+        # shmget fails with EINVAL over kernel.shmmax: the old segment, gone from the key
+        # by then, is put back from the loader's own mapping of it.
+        loader = self.typing_loader("--sysv", prefix=self.private_ipc("shmmax=1048576"))
+        inside = ["nsenter", f"--ipc=/proc/{loader.pid}/ns/ipc"]
+        self.assert_old_text_stays(loader, "y" * (1 << 20), "Invalid argument", ("--sysv",),
+                                   inside)
+
+    @needs_system_v
+    def test_no_system_v_segment_id_left(self):
+        # kernel.shmmni=1: the old segment holds the only id while the loader maps it, so
+        # the new one cannot be made (ENOSPC), nor a copy of the old one beside it: the old
+        # text is copied out, its segment let go, and made again.
+        loader = self.typing_loader("--sysv", prefix=self.private_ipc("shmmni=1"))
+        inside = ["nsenter", f"--ipc=/proc/{loader.pid}/ns/ipc"]
+        self.type_line(loader, "second")
+        said = self.wait_line(loader, stderr=True)
+        self.assertIn("that line was not loaded: cannot make a 16-byte segment", said)
+        self.assertIn("No space left on device; the old text stays", said)
+        self.assertEqual(self.run_script(script=VIEWER, prefix=inside), (0, b"first\n", ""))
+        self.assert_qt_reads("first", True, inside)
+        subprocess.run([*inside, "sh", "-c", "echo 16 > /proc/sys/kernel/shmmni"], check=True)
+        self.type_line(loader, "next")
+        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        self.assertEqual(self.run_script(script=VIEWER, prefix=inside)[:2], (0, b"next\n"))
+        loader.stdin.close()
+        self.assertEqual(self.finish(loader)[0], 1)
+        self.assert_nothing_left()
+
+    def test_a_loader_killed_while_it_replaces_a_posix_text_leaves_the_old_one(self):
+        if not shmcodec.RENAME_HERE:
+            self.skipTest("a POSIX segment takes another's name at once only where it is a file")
+        loader = self.typing_loader()
+        unfinished = f"/dev/shm/{self.key}{shmcodec.TEMPORARY}"
+        self.addCleanup(lambda: os.path.lexists(unfinished) and os.unlink(unfinished))
+        self.type_line(loader, "y" * (32 << 20))
+        deadline = time.monotonic() + TIMEOUT
+        while not os.path.exists(unfinished) and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        loader.kill()  # while it writes the new segment, under both locks
+        loader.wait()
+        self.assertTrue(os.path.exists(unfinished), "the kill came too late")
+        status, out, err = self.show()
+        self.assertEqual((status, out), (0, b"first\n"))
+        self.assertEqual(err, f"show_shared.py: Qt's lock on /{self.key} was left taken by "
+                              f"load_shared.py (pid {loader.pid}), which died inside it; giving "
+                              f"it back\nshow_shared.py: note: load_shared.py (pid {loader.pid}), "
+                              "which loaded this text, is gone; the next load_shared.py replaces "
+                              "it\n")
+        self.assert_qt_reads("first")
+        second = self.start_loader("next")  # it clears what the dead one left
+        self.assertFalse(os.path.exists(unfinished))
+        self.assert_shows("next")
+        second.terminate()
+        self.assertEqual(self.finish(second)[0], 0)
+        self.assert_nothing_left()
+
+    def test_a_reader_that_attaches_before_it_locks_never_finds_the_key_empty(self):
+        # The article's reader attaches, and only then locks: between a loader's removal of
+        # the old segment and its making of the new one, it would find nothing. Where a new
+        # POSIX segment takes the old one's name at once, there is no such moment.
+        if not shmcodec.RENAME_HERE:
+            self.skipTest("a POSIX segment takes another's name at once only where it is a file")
+        loader = self.typing_loader()
+        code = ("import _posixshmem, os, sys\nprint('ready', flush=True)\nmissed = 0\n"
+                "while not os.path.exists(sys.argv[2]):\n    try:\n"
+                "        os.close(_posixshmem.shm_open(sys.argv[1], os.O_RDONLY))\n"
+                "    except FileNotFoundError:\n        missed += 1\nprint(missed)")
+        done = os.path.join(self.tmpdir, "done")
+        reader = self.start_command([sys.executable, "-c", code, f"/{self.key}", done])
+        self.assertEqual(self.wait_line(reader), "ready\n")
+        for n in range(300):  # while it looks
+            self.type_line(loader, f"text {n}")
+            self.assertRegex(self.wait_line(loader), "^Loaded ")
+        open(done, "w").close()
+        status, out, err = self.finish(reader)
+        self.assertEqual((status, out), (0, b"0\n"), err)
+        loader.stdin.close()
+        self.assertEqual(self.finish(loader)[0], 0)
+
+
 QUIET_LINE = "signal.signal(signal.SIGINT, signal.SIG_DFL)"
 
 
@@ -1806,7 +2031,8 @@ class TwoUsersTest(ProcessTestCase):
                 self.assert_nothing_left()
         # Your own text is never hidden behind another user's segment of the other kind.
         loader = self.load_as(b, "--sysv", "mine")
-        code = f"import shmcodec; shmcodec.Posix({self.key!r}).make(8).close()"
+        code = ("from multiprocessing.shared_memory import SharedMemory; "
+                f"SharedMemory({self.key!r}, create=True, size=8).close()")
         self.assertEqual(self.as_python(a, code), 0)  # a's /KEY appears beside it
         self.assertEqual(self.run_as(b, "show_shared.py"), (0, b"mine\n", ""))
         loader.terminate()
@@ -1907,11 +2133,12 @@ class VerboseTest(ProcessTestCase):
     QT_LOCK = {(): ["lock(), Qt's half"] * 2, ("--sysv",): ["lock(), Qt's half"]}
     QT_UNLOCK = {(): ["unlock(), Qt's half"] * 2, ("--sysv",): ["unlock(), Qt's half"]}
 
-    def load_steps(self, sysv):
+    def load_steps(self, sysv):  # POSIX: made under a temporary name, then put in place
         return ["our lock file", "own the key", "own the key", "logbook", "own the key",
                 "Qt's lock", "QDataStream << text", "lock(), our half", *self.QT_LOCK[sysv],
-                "logbook", "create(14)", "memcpy(to, from, size)", "logbook",
-                *self.QT_UNLOCK[sysv], "unlock(), our half"]
+                "logbook", "create(14)", "memcpy(to, from, size)",
+                "logbook" if sysv else "put in place", *self.QT_UNLOCK[sysv],
+                "unlock(), our half"]
 
     def release_steps(self, sysv):  # Qt's lock is removed while we hold it
         return ["release", "detach()", "remove", "logbook", *self.QT_LOCK[sysv], "Qt's lock",
@@ -1945,7 +2172,7 @@ class VerboseTest(ProcessTestCase):
                 tag = "sysv" if sysv else "posix"
                 self.assertEqual([line.split(maxsplit=2)[2].split(" in our")[0]
                                   for line in err.splitlines() if " logbook " in line],
-                                 ["(empty)", f"{loader.pid} writing {tag}",
+                                 ["(empty)", *([f"{loader.pid} writing {tag}"] if sysv else []),
                                   f"{loader.pid} loaded {tag}", "(empty)"])
                 self.assertIn("shmctl(IPC_RMID)" if sysv else "shm_unlink", err)
                 self.assert_nothing_left()
@@ -2647,6 +2874,12 @@ class QtPeerTests:
                                 timeout=TIMEOUT)
         self.assertEqual(result.returncode, 0, result.stderr)
         return json.loads(result.stdout)
+
+
+def qt_posix_segment(key, size):
+    """A POSIX segment /key made as a Qt program makes it (shm_open(O_CREAT|O_EXCL) +
+    ftruncate), mapped for writing; the test removes it."""
+    return SharedMemory(key, create=True, size=size, **shmcodec.UNTRACKED)
 
 
 def shmcodec_in(tmpdir, call):
