@@ -30,18 +30,16 @@ exit status: 0 released cleanly (end of input, Ctrl-C, SIGTERM, SIGHUP),
 import signal
 
 # Until this program owns anything, Ctrl-C may simply end it: no traceback, nothing left.
-signal.signal(signal.SIGINT, signal.SIG_DFL)
+# A Ctrl-C that we inherited as ignored (a job started with & by a script) stays ignored.
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 import os  # noqa: E402  (after the line above, so that Ctrl-C is quiet while importing)
 import select  # noqa: E402
 import sys  # noqa: E402
 
 import shmcodec  # noqa: E402
-from shmcodec import DATA_LOCK, OWNER_LOCK, stopped, tell  # noqa: E402
-
-
-class Failure(Exception):
-    """A runtime failure: its message is the one line we print before exiting 1."""
+from shmcodec import DATA_LOCK, OWNER_LOCK, Failure, say, stopped, tell, warn  # noqa: E402
 
 
 class NotLoaded(Exception):
@@ -79,17 +77,17 @@ def main():
                     segment = failure.kept
                     if segment is None:  # nothing to keep: as for TEXT, we fail
                         raise
-                    shmcodec.warn(f"that line was not loaded: {failure}; the old text stays")
+                    warn(f"that line was not loaded: {failure}; the old text stays")
                     missed = True
         else:
             segment = load(lock_file, qt_lock, kind, text, segment)
-            say(f"holding {kind.name} until Ctrl-C, SIGTERM or SIGHUP")
+            say(f"holding {kind.label} until Ctrl-C, SIGTERM or SIGHUP")
             wait_for_input_or_stop(qt_lock, stdin=False)
     except (Failure, NotLoaded, OSError) as failure:
-        shmcodec.warn(shmcodec.one_line(failure))
+        warn(shmcodec.one_line(failure))
         return 1
     except MemoryError:
-        shmcodec.warn("not enough memory for the text")
+        warn("not enough memory for the text")
         return 1
     finally:
         # 7. Release: remove our segment and Qt's lock, whichever way we leave.
@@ -124,14 +122,14 @@ def load(lock_file, qt_lock, kind, text, old):
         raise Failure(f"stopped while waiting for the lock on key {kind.key!r}{not_loaded}")
     try:
         if not qt_lock.acquire(give_up=stopped):  # then Qt's
-            raise Failure(f"stopped while waiting for Qt's lock on {kind.name}{not_loaded}")
+            raise Failure(f"stopped while waiting for Qt's lock on {kind.label}{not_loaded}")
         try:
             segment = write_segment(lock_file, kind, prefix, payload, old)
         finally:
             qt_lock.release()
     finally:
         lock_file.unlock(DATA_LOCK, step="unlock(), our half")
-    report(f"Loaded {size} bytes into {kind.name}")
+    report(f"Loaded {size} bytes into {kind.label}")
     return segment
 
 
@@ -155,8 +153,8 @@ def write_segment(lock_file, kind, prefix, payload, old):
         segment = kind.make(size)  # which attaches, as Qt's create() does
     except OSError as error:
         if isinstance(error, FileExistsError):
-            raise Failure(f"{kind.name} was made meanwhile by another program") from None
-        why = f"cannot make a {size}-byte segment {kind.name}: {shmcodec.one_line(error)}"
+            raise Failure(f"{kind.label} was made meanwhile by another program") from None
+        why = f"cannot make a {size}-byte segment {kind.label}: {shmcodec.one_line(error)}"
         if old and not kind.replaces_at_once:
             try:
                 old = put_back(kind, old)
@@ -168,7 +166,7 @@ def write_segment(lock_file, kind, prefix, payload, old):
         raise NotLoaded(why, old) from None
     segment.buf[:len(prefix)] = prefix
     segment.buf[len(prefix):size] = payload
-    tell("memcpy(to, from, size)", f"{size} bytes into {kind.name}")
+    tell("memcpy(to, from, size)", f"{size} bytes into {kind.label}")
     if not kind.replaces_at_once:
         lock_file.write_logbook("loaded", kind)
     try:
@@ -176,7 +174,7 @@ def write_segment(lock_file, kind, prefix, payload, old):
     except FileExistsError:
         kind.detach(segment)
         lock_file.write_logbook("")
-        raise Failure(f"{kind.name} was made meanwhile by another program") from None
+        raise Failure(f"{kind.label} was made meanwhile by another program") from None
     if old:
         kind.detach(old)
     return segment
@@ -242,32 +240,32 @@ def become_owner(lock_file, kind, replace):
             raise Failure(f"another load_shared.py{pid} holds key {kind.key!r}; stop it first")
         # Not even --replace, nor root, touches what another user has under this key, of
         # either kind: a segment, Qt's lock or Qt's key files.
-        theirs = shmcodec.other_users(shmcodec.kinds_here(kind.key))
+        theirs = shmcodec.owned_by_others(shmcodec.kinds_here(kind.key))
         if theirs:
             raise Failure(f"{shmcodec.whose(theirs[0])}: only they or root may remove it "
                           f"(root: {'; '.join(owned.removal for owned in theirs)}); "
                           "use another --key")
         if logbook:  # the OWNER_LOCK was free: the loader that wrote this is gone
-            left = shmcodec.KINDS[logbook.kind](kind.key)  # of either kind
+            left = shmcodec.KINDS[logbook.tag](kind.key)  # of either kind
             if left.exists():
-                say(f"replacing {left.name}, left behind by load_shared.py "
+                warn(f"replacing {left.label}, left behind by load_shared.py "
                     f"(pid {logbook.pid}), which is gone")
                 left.remove()
             left.clear_unfinished()
             leftover = clear_qt_lock_of(lock_file, left, reused=left.tag == kind.tag)
         if kind.exists():
-            users = kind.users()  # processes attached, or None where the system cannot tell
+            users = kind.attached_count()  # None where the kind cannot tell
             if users == 0:
-                say(f"replacing {kind.name}, which nobody is attached to "
+                warn(f"replacing {kind.label}, which nobody is attached to "
                     "(a program that made it was killed)")
             elif replace:
-                say(f"--replace: taking over {kind.name}")
+                warn(f"--replace: taking over {kind.label}")
             elif users:
-                raise Failure(f"{kind.name} is held by {users} attached "
+                raise Failure(f"{kind.label} is held by {users} attached "
                               f"process{'es' if users > 1 else ''} (a Qt program?); "
                               "use --replace to take it over")
             else:
-                raise Failure(f"segment {kind.name} exists but load_shared.py did not make it "
+                raise Failure(f"segment {kind.label} exists but load_shared.py did not make it "
                               "(a Qt program's?); use --replace to take it over")
             kind.remove()
         kind.clear_unfinished()
@@ -353,7 +351,7 @@ def lines_until_stopped(kind, qt_lock):
     skipping = False  # the rest of a line too long to hold
     while True:
         if interactive:
-            say(f"Text for {kind.name} (Ctrl-D quits): ", end="")
+            say(f"Text for {kind.label} (Ctrl-D quits): ", end="")
         if not wait_for_input_or_stop(qt_lock, stdin=True):
             break
         chunk = os.read(0, 1 << 20)
@@ -381,11 +379,6 @@ def lines_until_stopped(kind, qt_lock):
             break
     if interactive:
         say("")  # end the prompt's line
-
-
-def say(message, end="\n"):
-    """A message for the person at the terminal: stderr, so stdout stays clean."""
-    print(message, end=end, file=sys.stderr, flush=True)
 
 
 def report(line):

@@ -5,10 +5,13 @@ the text as UTF-16BE code units. We write and read exactly that, so a Qt program
 scripts read each other's segments.
 
 The key. Qt turns key "MySharedMemory" into a segment in one of two ways (see "The two
-kinds of segment" below): the POSIX segment "/MySharedMemory" for Qt 6's
+kinds of segment"): the POSIX segment "/MySharedMemory" for Qt 6's
 `platformSafeKey("MySharedMemory")`, the same one that
 `multiprocessing.shared_memory.SharedMemory("MySharedMemory")` opens; or, for the article's
 plain `setKey("MySharedMemory")` and every Qt 5 program, a System V segment.
+
+Telling the person: say() and warn() on stderr (stdout is for the text), tell() for each
+step with --verbose; then the command line, and the stop signals that end every wait.
 
 The lock file. Our own rules (a reader never sees half a text, one loader per key, what a
 crash left behind) live in fcntl locks on one lock file per key, qshm-KEY.lock in a
@@ -20,30 +23,27 @@ a key too long for a file name is cut and ends in its sha1). It holds one-byte l
              loader dies, even by SIGKILL, so "is the owner alive?" needs no pid guessing.
   QT_TURN    whichever process of ours waits for Qt's POSIX lock, or holds it, holds this
              one: our processes take turns at Qt's lock, one at a time.
-The file's text is two lines: the loader's logbook, "PID writing KIND" or "PID loaded
-KIND" (a clean exit empties it, so a logbook left behind with a free OWNER_LOCK means the
-loader died), and the Qt record, "PID inside DEVICE INODE PROGRAM" while that process of
-ours is inside Qt's POSIX lock.
+The file's text is two lines: the loader's logbook, "PID writing TAG" or "PID loaded TAG"
+(a clean exit empties it, so a logbook left behind with a free OWNER_LOCK means the loader
+died), and the Qt record, "PID inside DEVICE INODE PROGRAM" while that process of ours is
+inside Qt's POSIX lock.
 
-Qt's lock. Qt's `lock()`/`unlock()` take a semaphore, and so do we, always after our lock
-file, so that a Qt program and these scripts never write and read at once.
+The two kinds of segment, Posix and SystemV, do the same steps (SegmentKind says which),
+each with its own kind of Qt's lock: PosixSemaphore, SystemVSemaphore. Qt's `lock()` and
+`unlock()` take a semaphore, and so do we, always after our lock file, so that a Qt program
+and these scripts never write and read at once. Last, how /proc proves that a holder of
+Qt's POSIX lock is dead (see PosixSemaphore.proven).
 """
 import collections
-import ctypes
 import errno
 import fcntl
-import hashlib  # already loaded by multiprocessing.shared_memory: free here
-import mmap  # likewise
 import os
 import select
 import signal
 import stat
+import struct
 import sys
 import time
-from multiprocessing import resource_tracker
-from multiprocessing.shared_memory import SharedMemory
-
-import _posixshmem  # the C module behind SharedMemory; see Posix.remove()
 
 DEFAULT_KEY = "MySharedMemory"
 
@@ -157,6 +157,191 @@ def key_letters(key):
     return "".join(char for char in key if char.isascii() and char.isalpha())
 
 
+def sha1(text):
+    import hashlib  # only a System V key file, or a key too long for a file name, needs it
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+# --- Telling the person: messages, --verbose, a failure in one line ---------------------------
+
+PROGRAM = os.path.basename(sys.argv[0])
+verbose = False  # --verbose: tell() says each step of the dance as it happens
+
+
+def say(message, end="\n"):
+    """A line for the person at the terminal, on stderr: stdout is for the text alone."""
+    print(message, end=end, file=sys.stderr, flush=True)
+
+
+def warn(message):
+    """A message, with or without --verbose: the program's name, then what happened."""
+    say(f"{PROGRAM}: {message}")
+
+
+def tell(step, how):
+    """With --verbose, one line: a step of the article's Qt program, and what does it
+    here. The steps are told where they happen, so the story is the code's own."""
+    if verbose:
+        say(f"{PROGRAM}: {step:<24} {how}")
+
+
+class Failure(Exception):
+    """A failure at run time: its message is the one line we say before exiting 1."""
+
+
+def one_line(error):
+    """A failure as one plain line: an OSError without Python's "[Errno N]"."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    return str(error)
+
+
+def usage_error(message):
+    """Exit 2 with one line that says what is wrong."""
+    warn(f"{message} (see --help)")
+    sys.exit(2)
+
+
+def process_name(pid):
+    """"show_shared.py (pid 4242)": the script (or program) that runs as pid, where Linux
+    tells it in /proc; else just the pid."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            args = cmdline.read().decode(errors="replace").split("\0")
+        if not args[0]:  # its first thread has ended: its command line is gone, its name not
+            with open(f"/proc/{pid}/comm") as comm:
+                args = [comm.read().strip()]
+    except OSError:
+        return f"pid {pid}"
+    scripts = [arg for arg in args[1:3] if arg.endswith(".py")]  # python3 SCRIPT ...
+    return f"{os.path.basename(scripts[0] if scripts else args[0])} (pid {pid})"
+
+
+def user_name(uid):
+    """The name of user uid, else the number."""
+    import pwd  # only a clash with another user needs it
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+# --- The command line ------------------------------------------------------------------------
+
+STDIN = object()  # the operand "-": read standard input (a "-" after "--" is plain text)
+
+
+def parse_command_line(usage, flags=(), valued=(), most_operands=0):
+    """Read sys.argv: return (key, options, operands). A small getopt for our small commands.
+
+    argparse would do the same, but importing and setting it up costs more time than all
+    the rest that these scripts do. "--key KEY" (or --key=KEY) and --verbose are understood
+    by both scripts. Each name in flags is True when given (a value is a usage error); each
+    name in valued is True, or its value when given as --NAME=VALUE. A lone "-" is STDIN,
+    unless it follows "--", which makes what follows plain operands.
+    -h/--help prints usage and exits 0; a bad command line exits 2.
+    """
+    global verbose
+    key, options, operands = DEFAULT_KEY, {}, []
+    args = iter(sys.argv[1:])
+    for arg in args:
+        name, equals, value = arg.partition("=")
+        if arg in ("-h", "--help"):
+            print(usage, end="")
+            sys.exit(0)
+        elif arg == "--":  # what follows is an operand, even "-" or one starting with "-"
+            operands.extend(args)
+        elif name == "--key":
+            key = value if equals else next(args, None)
+            if key is None:
+                usage_error("--key needs a KEY")
+        elif name == "--verbose" or name in flags:
+            if equals:
+                usage_error(f"{name} takes no value")
+            options[name] = True
+        elif name in valued:
+            options[name] = value if equals else True
+        elif arg.startswith("-") and arg != "-":
+            usage_error(f"unknown option {arg}")
+        else:
+            operands.append(STDIN if arg == "-" else arg)
+    verbose = options.pop("--verbose", False)
+    if len(operands) > most_operands:
+        usage_error(f"unexpected argument {operands[most_operands]!r}")
+    problem = key_problem(key)
+    if problem:
+        usage_error(problem)
+    return key, options, operands
+
+
+def fill_standard_fds():
+    """Put /dev/null where standard input, output or error is closed: else the next file
+    we open takes its number, and the text that we print would go into our lock file."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+
+
+# --- Stop signals: Ctrl-C, SIGTERM and SIGHUP end every wait, never a step ------------------
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+stop_pipe = None  # the self-pipe's read end, while watch_stop_signals() watches
+
+
+def watch_stop_signals():
+    """Make Ctrl-C, SIGTERM and SIGHUP wake us where we wait, instead of ending us mid-step.
+
+    The self-pipe trick: a signal's only effect is a byte written to a pipe. Every wait of
+    ours watches that pipe (select, or stopped() between tries), and a stop signal also
+    ends a wait in sem_timedwait (EINTR); so a stop ends a wait at once, but never cuts a
+    write in half. A stop signal that we inherited as ignored (nohup's SIGHUP) stays so.
+    """
+    global stop_pipe
+    stop_pipe, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end)
+    for each in STOP_SIGNALS:
+        if signal.getsignal(each) != signal.SIG_IGN:
+            signal.signal(each, lambda signum, frame: None)  # the byte in the pipe is enough
+
+
+def stopped():
+    """True once a stop signal has come (its byte waits in the pipe), or before we watch."""
+    return stop_pipe is None or bool(select.select([stop_pipe], [], [], 0)[0])
+
+
+def end_watching_stop_signals():
+    """Stop signals end us again as they would have; one that came meanwhile, now."""
+    global stop_pipe
+    os.set_blocking(stop_pipe, False)
+    try:
+        came = os.read(stop_pipe, 16)
+    except BlockingIOError:
+        came = b""
+    os.close(signal.set_wakeup_fd(-1))
+    os.close(stop_pipe)
+    stop_pipe = None
+    for each in STOP_SIGNALS:
+        if signal.getsignal(each) != signal.SIG_IGN:
+            signal.signal(each, signal.SIG_DFL)
+    if came:
+        os.kill(os.getpid(), came[0])
+
+
+def waiting_notice(what, whom):
+    """A function to call as we wait: once we have waited a second, it says so, once, with
+    what we wait for and for whom (whom() says: "held by ..."). A wait is never silent."""
+    started, said = time.monotonic(), []
+
+    def notice():
+        if not said and time.monotonic() - started > 1:
+            warn(f"waiting for {what}, {whom()}")
+            said.append(True)
+    return notice
+
+
 # --- The lock file -------------------------------------------------------------------------
 
 DATA_LOCK, OWNER_LOCK, QT_TURN = 0, 1, 2  # byte offsets of the locks in the lock file
@@ -166,7 +351,7 @@ LINE = 64
 
 
 class LockFileError(OSError):
-    """The lock file is not one we may use."""
+    """The lock file, or its directory, is not one we may use."""
 
 
 def lock_dir(create):
@@ -203,21 +388,20 @@ def lock_path(key, create=False):
     folder = lock_dir(create)
     name = f"qshm-{key}.lock"
     if len(name) > 255:  # a key near the limit: keep the file name legal, and unique
-        name = f"qshm-{key[:200]}-{hashlib.sha1(key.encode()).hexdigest()}.lock"
+        name = f"qshm-{key[:200]}-{sha1(key)}.lock"
     return folder and os.path.join(folder, name)
 
 
-def user_name(uid):
-    """The name of user uid, else the number."""
-    import pwd  # only a clash with another user needs it
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
+Logbook = collections.namedtuple("Logbook", "pid state tag")
+# pid: the last loader; state: "writing" (its segment may hold half a text) or "loaded";
+# tag: the kind of its segment, as SegmentKind.tag names it ("posix", "sysv").
 
 
 class LockFile:
-    """The key's lock file (see the top of this module): its byte locks and the logbook."""
+    """The key's lock file (see the top of this module): its byte locks, and its two lines.
+
+    A process opens it once and keeps it open: fcntl locks are the process's, and closing
+    any descriptor of the file lets go of them all (a pitfall of POSIX record locks)."""
 
     def __init__(self, key, create=True):
         """Open (with create, make: mode 0600) the key's lock file.
@@ -285,12 +469,15 @@ class LockFile:
         """Who holds the byte lock that we wait for, as fcntl(F_GETLK) tells (Linux)."""
         if not sys.platform.startswith("linux"):
             return "another process"
-        wanted = Flock(fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK, os.SEEK_SET, which, 1)
-        found = Flock.from_buffer_copy(fcntl.fcntl(self.fd, fcntl.F_GETLK, bytes(wanted)))
-        if found.type == fcntl.F_UNLCK:
+        # struct flock, as 64-bit Linux lays it out: type, whence, start, len, pid.
+        wanted = struct.pack("hhqqi4x", fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK,
+                             os.SEEK_SET, which, 1, 0)
+        kind, _, _, _, pid = struct.unpack("hhqqi4x", fcntl.fcntl(self.fd, fcntl.F_GETLK,
+                                                                  wanted))
+        if kind == fcntl.F_UNLCK:
             return "another process"
         # pid 0: a process that this PID namespace does not show
-        return process_name(found.pid) if found.pid else "a process in another PID namespace"
+        return process_name(pid) if pid else "a process in another PID namespace"
 
     def read_line(self, line):
         """The words of one of the file's two lines (LOGBOOK, QT_RECORD); [] if it is empty."""
@@ -302,15 +489,16 @@ class LockFile:
         os.pwrite(self.fd, text.ljust(LINE - 1).encode() + b"\n", line * LINE)
 
     def read_logbook(self):
-        """Return the Logbook (pid, state, kind tag) in the file, or None if it is empty."""
+        """Return the Logbook (pid, state, kind's tag) in the file, or None if it is empty.
+        A tag we do not know (a newer, or a broken, loader's) is read as POSIX's."""
         words = self.read_line(LOGBOOK)
         if len(words) >= 2 and words[0].isdigit():
-            kind = words[2] if len(words) > 2 and words[2] in KINDS else Posix.tag
-            return Logbook(int(words[0]), words[1], kind)
+            tag = words[2] if len(words) > 2 and words[2] in KINDS else Posix.tag
+            return Logbook(int(words[0]), words[1], tag)
         return None
 
     def write_logbook(self, state, kind=None):
-        """Note "PID state kind" in the file; an empty state empties it."""
+        """Note "PID state tag" in the file; an empty state empties it."""
         line = f"{os.getpid()} {state} {kind.tag}" if state else ""
         self.write_line(LOGBOOK, line)
         tell("logbook", f"{line or '(empty)'} in our lock file")
@@ -339,36 +527,133 @@ class LockFile:
         return True
 
 
-Logbook = collections.namedtuple("Logbook", "pid state kind")
+# --- The C library: System V and Qt's locks, through ctypes ------------------------------------
+#
+# Qt's locks and System V segments are reached through ctypes on the C library, with the
+# calls the article's Qt program makes. ctypes costs milliseconds to import, which a
+# viewer with nothing to lock need not pay: load_c_library() loads it on first use.
+
+libc = ctypes = None
+SYSTEM_V_HERE = sys.platform.startswith("linux") and sys.maxsize > 2 ** 32  # 64-bit Linux
+IPC_CREAT, IPC_EXCL, IPC_RMID, IPC_STAT = 0o1000, 0o2000, 0, 2
+SETVAL, GETPID, SEM_UNDO, SHM_RDONLY, MADV_POPULATE_READ = 16, 11, 0x1000, 0o10000, 22
+QT_FTOK_ID = ord("Q")  # Qt's ftok() project id: the IPC key reads 0x51...... in `ipcs`
 
 
-class Flock(ctypes.Structure):
-    """struct flock as Linux lays it out: what fcntl(F_GETLK) reads and fills in."""
-    _fields_ = [("type", ctypes.c_short), ("whence", ctypes.c_short),
-                ("start", ctypes.c_int64), ("len", ctypes.c_int64), ("pid", ctypes.c_int32)]
+def load_c_library():
+    """The C library this Python runs on, and the C structures we pass it (once)."""
+    global libc, ctypes, ShmidDs, Sembuf, Timespec
+    if libc:
+        return libc
+    import ctypes
+
+    class ShmidDs(ctypes.Structure):
+        """struct shmid_ds as 64-bit Linux lays it out (x86-64 and aarch64 alike)."""
+        _fields_ = [("ipc_key", ctypes.c_int32), ("uid", ctypes.c_uint32),
+                    ("gid", ctypes.c_uint32), ("cuid", ctypes.c_uint32),
+                    ("cgid", ctypes.c_uint32), ("mode", ctypes.c_uint32),
+                    ("perm_rest", ctypes.c_byte * 24), ("segsz", ctypes.c_size_t),
+                    ("times", ctypes.c_int64 * 3), ("cpid", ctypes.c_int32),
+                    ("lpid", ctypes.c_int32), ("nattch", ctypes.c_uint64),
+                    ("reserved", ctypes.c_uint64 * 2)]
+
+    class Sembuf(ctypes.Structure):
+        _fields_ = [("num", ctypes.c_ushort), ("op", ctypes.c_short),
+                    ("flags", ctypes.c_short)]
+
+    class Timespec(ctypes.Structure):
+        _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+
+    loaded = ctypes.CDLL(None, use_errno=True)
+    loaded.shmat.restype = loaded.sem_open.restype = ctypes.c_void_p
+    loaded.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+    loaded.shmdt.argtypes = loaded.sem_post.argtypes = loaded.sem_close.argtypes = [
+        ctypes.c_void_p]
+    loaded.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
+    loaded.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    loaded.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc = loaded
+    return libc
+
+
+def c_call(result, name):
+    """Return result, or raise the C library's errno as an OSError (FileNotFoundError, ...)."""
+    if result == -1 or result is None:  # None: a NULL pointer, as sem_open fails
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), name)
+    return result
 
 
 # --- The two kinds of segment ----------------------------------------------------------------
-#
-# Qt names a segment in one of two ways, and each way has its own kind of lock:
-#   Posix    QSharedMemory(QSharedMemory::platformSafeKey("KEY")), Qt 6.6 and later: the
-#            POSIX segment /KEY, locked with the POSIX named semaphore /KEY.
-#   SystemV  QSharedMemory("KEY") or setKey("KEY"), as the article and every Qt 5 program
-#            write it (a "legacy" key): a System V segment found through ftok() of a key
-#            file in the temporary directory, locked with a System V semaphore found the
-#            same way. The standard library reaches these through ctypes on the C library.
-# Both classes take the same steps: exists(), make(size), attach(), remove(), and
-# open_qt_lock() for the semaphore that Qt's lock() and unlock() use.
 
-if sys.version_info < (3, 13):
-    # Up to 3.12, every SharedMemory, even one that only attaches, registers with the
-    # resource tracker: a helper process that unlinks the segment when *this* process
-    # exits and warns of a "leak". Here the loader alone decides when a segment dies,
-    # so this process tells the tracker nothing. (3.13 says the same with track=False.)
-    resource_tracker.register = resource_tracker.unregister = lambda name, rtype: None
-    UNTRACKED = {}
-else:
-    UNTRACKED = {"track": False}
+Owned = collections.namedtuple("Owned", "what uid removal note")
+# what: "segment /KEY", ...; uid: its owner; removal: the command that removes it (for
+# root); note: what more can be told, such as that nobody is attached to it.
+
+
+class SegmentKind:
+    """What a kind of segment does: Posix and SystemV each do every step their own way.
+
+    Qt names a segment in one of two ways, and each way has its own kind of lock:
+      Posix    QSharedMemory(QSharedMemory::platformSafeKey("KEY")), Qt 6.6 and later: the
+               POSIX segment /KEY, locked with the POSIX named semaphore /KEY.
+      SystemV  QSharedMemory("KEY") or setKey("KEY"), as the article and every Qt 5 program
+               write it (a "legacy" key): a System V segment found through ftok() of a key
+               file in the temporary directory, locked with a System V semaphore found the
+               same way.
+    A segment, as make() and attach() return it, has .buf (its bytes), .size, and close().
+    """
+    tag = ""  # how the loader's logbook names this kind: "posix" or "sysv"
+    replaces_at_once = False  # can a new segment take the old one's place under the key?
+
+    def __init__(self, key):
+        self.key = key
+        self.label = key  # how messages name the segment: "/KEY", "KEY (System V)"
+
+    def exists(self):
+        """Is a segment there under the key, anyone's?"""
+        raise NotImplementedError
+
+    def make(self, size):
+        """A new segment of size bytes, attached for writing, as Qt's create(). Where a new
+        one can take the old one's place at once, it is made beside it, out of readers'
+        sight, until put_in_place(). FileExistsError if one is there."""
+        raise NotImplementedError
+
+    def put_in_place(self, segment, old=None):
+        """Give the new segment the key, at once, in place of old (ours); with no old,
+        FileExistsError if another program made a segment under the key meanwhile."""
+        raise NotImplementedError
+
+    def attach(self):
+        """The segment under the key, attached read-only: FileNotFoundError if none."""
+        raise NotImplementedError
+
+    def detach(self, segment):
+        """Let go of our mapping of segment; the segment stays."""
+        raise NotImplementedError
+
+    def remove(self, segment=None):
+        """Remove the segment under the key (by segment, ours, or else the one found); who
+        maps it still keeps its memory until they detach."""
+        raise NotImplementedError
+
+    def clear_unfinished(self):
+        """Remove a segment that a loader of ours was making, out of sight, when it died."""
+
+    def attached_count(self):
+        """How many processes map the segment under the key: 0 means nobody (its maker
+        died); None, that this kind cannot tell."""
+        return None
+
+    def owners(self):
+        """[Owned] for whatever is under the key (the segment, Qt's lock, key files)."""
+        raise NotImplementedError
+
+    def open_qt_lock(self, lock_file=None, create=False):
+        """Qt's lock for this kind of segment: PosixSemaphore or SystemVSemaphore. create is
+        Qt's create(): make it if need be, and remove it when we quit."""
+        raise NotImplementedError
 
 
 # Where a POSIX segment is a file of /dev/shm (Linux), a new one can take the old one's
@@ -378,16 +663,33 @@ RENAME_HERE = sys.platform.startswith("linux")
 TEMPORARY = "\x7f"
 
 
-class Posix:
+def untracked():
+    """The SharedMemory() arguments for a segment whose life is ours alone to end.
+
+    Up to 3.12, every SharedMemory, even one that only attaches, registers with the
+    resource tracker: a helper process that unlinks the segment when *this* process exits,
+    and warns of a "leak". 3.13 has track=False for that; before, there is no such
+    argument (a TypeError), so this tells the tracker nothing, for this whole process, and
+    returns no argument at all.
+    """
+    if sys.version_info >= (3, 13):
+        return {"track": False}
+    from multiprocessing import resource_tracker
+    resource_tracker.register = resource_tracker.unregister = lambda name, rtype: None
+    return {}
+
+
+class Posix(SegmentKind):
     """The POSIX segment /KEY (a file in /dev/shm on Linux), as Qt 6's platformSafeKey."""
-    tag = "posix"  # how the loader's logbook names this kind
+    tag = "posix"
     replaces_at_once = RENAME_HERE
 
     def __init__(self, key):
-        self.key = key
-        self.name = "/" + key  # the segment's name, and the name of Qt's semaphore for it
+        super().__init__(key)
+        self.name = self.label = "/" + key  # its name, and the name of Qt's semaphore for it
 
     def exists(self):
+        import _posixshmem  # the C module behind SharedMemory (a viewer needs no more)
         try:
             # O_NONBLOCK: opening a FIFO planted there must not hang us.
             os.close(_posixshmem.shm_open(self.name, os.O_RDONLY | os.O_NONBLOCK))
@@ -398,11 +700,11 @@ class Posix:
         return True
 
     def make(self, size):
-        """Create and map a new segment for writing (shm_open + ftruncate): where it can
-        take the key's name at once, under the temporary name, which no reader opens, until
-        put_in_place(); elsewhere under the key's name. FileExistsError if one is there."""
+        """(shm_open + ftruncate, by SharedMemory) Where it can take the key's name at once,
+        under the temporary name, which no reader opens; elsewhere under the key's name."""
+        from multiprocessing.shared_memory import SharedMemory  # only a loader makes one
         name = self.key + (TEMPORARY if self.replaces_at_once else "")
-        segment = SharedMemory(name, create=True, size=size, **UNTRACKED)
+        segment = SharedMemory(name, create=True, size=size, **untracked())
         if hasattr(os, "posix_fallocate"):
             # A new segment is sparse: its pages are found only when first written, and a
             # full /dev/shm then kills us with SIGBUS. Reserving them now turns that into
@@ -411,16 +713,13 @@ class Posix:
                 os.posix_fallocate(segment._fd, 0, size)
             except OSError:
                 segment.close()
-                _posixshmem.shm_unlink("/" + name)
+                segment.unlink()
                 raise
         tell(f"create({size})", "shm_open(O_CREAT|O_EXCL) + ftruncate + mmap: " + (
             f"{self.name} + DEL, a temporary name" if self.replaces_at_once else self.name))
         return segment
 
     def put_in_place(self, segment, old=None):
-        """Give the new segment the key's name, at once: in place of old (our segment under
-        the key now), which readers that mapped it keep until they unmap it; or, with no
-        old, FileExistsError if another program made a segment under the key meanwhile."""
         if not self.replaces_at_once:
             return  # it has the key's name already
         made, final = f"/dev/shm/{self.key}{TEMPORARY}", f"/dev/shm/{self.key}"
@@ -436,12 +735,10 @@ class Posix:
         tell("put in place", f"{'rename' if replacing else 'link'} to {self.name}, at once")
 
     def attach(self):
-        """Map the existing segment read-only: FileNotFoundError if there is none.
-
-        Not with SharedMemory(name): when its mmap fails (a memory limit, say), it unlinks
-        the segment, so a failed reader would destroy the loader's text (CPython issue
-        153279). A reader here can change nothing: it maps the pages read-only.
-        """
+        """(shm_open + mmap) Not with SharedMemory(name): when its mmap fails (a memory
+        limit, say), it unlinks the segment, so a failed reader would destroy the loader's
+        text (CPython issue 153279). A reader here can change nothing: it maps the pages
+        read-only."""
         segment = ReadOnlySegment(self.name)
         tell("attach()", f"shm_open(O_RDONLY) + mmap: {self.name}, {segment.size} bytes")
         return segment
@@ -450,34 +747,27 @@ class Posix:
         segment.close()
         tell("detach()", f"munmap: {self.name}")
 
-    def clear_unfinished(self):
-        """Remove a segment of ours under the temporary name: one that a loader of ours was
-        making when it died."""
-        made = f"/dev/shm/{self.key}{TEMPORARY}"
-        if self.replaces_at_once and os.path.lexists(made) and \
-                os.lstat(made).st_uid == os.geteuid():
-            os.unlink(made)
-            tell("remove", f"unlink {self.name} + DEL: a dead loader's unfinished segment")
-
     def remove(self, segment=None):
-        """Remove the name, if it is there; whoever mapped it keeps the memory until closing it.
-
-        SharedMemory.unlink() needs the segment mapped first, which fails for a 0-byte
-        segment left by a crash, and before 3.13 it calls the resource tracker.
-        """
+        """(shm_unlink, by name) SharedMemory.unlink() needs the segment mapped first, which
+        fails for a 0-byte segment left by a crash, and before 3.13 it calls the resource
+        tracker."""
+        import _posixshmem
         try:
             _posixshmem.shm_unlink(self.name)
         except FileNotFoundError:
             return
         tell("remove", f"shm_unlink: {self.name} is gone (mappings stay until unmapped)")
 
-    def users(self):
-        """POSIX keeps no count of the processes that map a segment: None, "cannot tell"."""
-        return None
+    def clear_unfinished(self):
+        made = f"/dev/shm/{self.key}{TEMPORARY}"
+        if self.replaces_at_once and os.path.lexists(made) and \
+                os.lstat(made).st_uid == os.geteuid():
+            os.unlink(made)
+            tell("remove", f"unlink {self.name} + DEL: a dead loader's unfinished segment")
 
     def owners(self):
-        """[Owned] for the segment and Qt's semaphore for it, where they exist: on Linux
-        they are files in /dev/shm, which anyone may lstat (never following a symlink)."""
+        """On Linux the segment and Qt's semaphore are files in /dev/shm, which anyone may
+        lstat (never following a symlink)."""
         found = []
         for what, path in ((f"segment {self.name}", f"/dev/shm/{self.key}"),
                            (f"Qt's lock {self.name}", f"/dev/shm/sem.{self.key}")):
@@ -490,15 +780,13 @@ class Posix:
     def open_qt_lock(self, lock_file=None, create=False):
         return PosixSemaphore(self.name, create, lock_file)
 
-    def describe(self, size):
-        where = f" = /dev/shm/{self.key}" if sys.platform.startswith("linux") else ""
-        return [("segment", f"{self.name}{where}, {size} bytes")]
-
 
 class ReadOnlySegment:
     """A POSIX segment mapped read-only: .buf and .size, as SharedMemory has, and close()."""
 
     def __init__(self, name):
+        import mmap
+        import _posixshmem
         fd = _posixshmem.shm_open(name, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO: no hang
         try:
             info = os.fstat(fd)
@@ -518,51 +806,68 @@ class ReadOnlySegment:
             self._map.close()
 
 
-Owned = collections.namedtuple("Owned", "what uid removal note")
-# what: "segment /KEY", ...; uid: its owner; removal: the command that removes it (for
-# root); note: what more can be told, such as that nobody is attached to it.
+def qt_key_file(ipc_type, key):
+    """Qt's key file for a legacy key: qipc_<ipc_type>_<the key's letters><sha1 of the key>,
+    in QDir::tempPath() ($TMPDIR, else /tmp). ipc_type is "sharedmemory" for the segment and
+    "systemsem" for its semaphore."""
+    return os.path.join(os.path.normpath(os.environ.get("TMPDIR") or "/tmp"),
+                        f"qipc_{ipc_type}_{key_letters(key)}{sha1(key)}")
 
 
-# System V through ctypes: the C library's functions, as the article's Qt program calls them.
-SYSTEM_V_HERE = sys.platform.startswith("linux") and ctypes.sizeof(ctypes.c_void_p) == 8
-IPC_CREAT, IPC_EXCL, IPC_RMID, IPC_STAT = 0o1000, 0o2000, 0, 2
-SETVAL, GETPID, SEM_UNDO, SHM_RDONLY, MADV_POPULATE_READ = 16, 11, 0x1000, 0o10000, 22
-QT_FTOK_ID = ord("Q")  # Qt's ftok() project id: the IPC key reads 0x51...... in `ipcs`
-
-libc = ctypes.CDLL(None, use_errno=True)  # the C library this Python runs on
-libc.shmat.restype = libc.sem_open.restype = ctypes.c_void_p
-libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
-libc.shmdt.argtypes = libc.sem_post.argtypes = libc.sem_close.argtypes = [ctypes.c_void_p]
-libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
-libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
-libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+class KeyFileError(OSError):
+    """A Qt key file that we must not use."""
 
 
-class ShmidDs(ctypes.Structure):
-    """struct shmid_ds as 64-bit Linux lays it out (x86-64 and aarch64 alike)."""
-    _fields_ = [("ipc_key", ctypes.c_int32), ("uid", ctypes.c_uint32),
-                ("gid", ctypes.c_uint32), ("cuid", ctypes.c_uint32),
-                ("cgid", ctypes.c_uint32), ("mode", ctypes.c_uint32),
-                ("perm_rest", ctypes.c_byte * 24), ("segsz", ctypes.c_size_t),
-                ("times", ctypes.c_int64 * 3), ("cpid", ctypes.c_int32),
-                ("lpid", ctypes.c_int32), ("nattch", ctypes.c_uint64),
-                ("reserved", ctypes.c_uint64 * 2)]
+class KeyFile:
+    """One of Qt's key files: ftok() turns its inode into the number by which the kernel
+    knows a System V segment or semaphore. It remembers the inode that we made, if we did."""
 
+    def __init__(self, path):
+        self.path, self.made = path, None
 
-class Sembuf(ctypes.Structure):
-    _fields_ = [("num", ctypes.c_ushort), ("op", ctypes.c_short), ("flags", ctypes.c_short)]
+    def ipc_key(self, create):
+        """ftok(path, 'Q'). The file must exist: with create, make it as Qt does (mode 0640).
+        Its maker may remove it at any moment (a Qt program that quits): then we make it,
+        and try again. The temporary directory is everyone's, so a key file may be a trap:
+        one that is a symlink, not a regular file, or another user's is never used to make
+        anything (a symlink is not even followed to look)."""
+        while True:
+            if create:
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW,
+                                 0o640)
+                    self.made = os.fstat(fd).st_ino
+                    os.close(fd)
+                except FileExistsError:
+                    pass
+            try:
+                info = os.lstat(self.path)  # FileNotFoundError if there is none
+                if stat.S_ISLNK(info.st_mode) and not create:
+                    raise FileNotFoundError(errno.ENOENT, "a symlink, not followed", self.path)
+                problem = ("is a symlink" if stat.S_ISLNK(info.st_mode) else
+                           "is not a regular file" if not stat.S_ISREG(info.st_mode) else
+                           f"belongs to user {user_name(info.st_uid)}"
+                           if create and info.st_uid != os.geteuid() else None)
+                if problem:
+                    raise KeyFileError(f"Qt's key file {self.path} {problem}; "
+                                       "refusing to use it")
+                load_c_library()
+                return c_call(libc.ftok(os.fsencode(self.path), QT_FTOK_ID), self.path)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                # Gone between our try and our look: its maker quit. Make it now.
 
-
-class Timespec(ctypes.Structure):
-    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
-
-
-def c_call(result, name):
-    """Return result, or raise the C library's errno as an OSError (FileNotFoundError, ...)."""
-    if result == -1 or result is None:  # None: a NULL pointer, as sem_open fails
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), name)
-    return result
+    def remove(self):
+        """Unlink it if it is a regular file of ours and, if we made one, still the inode
+        we made: never a symlink, nor a file that someone put in its place."""
+        try:
+            info = os.lstat(self.path)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and \
+                    self.made in (None, info.st_ino):
+                os.unlink(self.path)
+        except OSError:
+            pass
 
 
 def shm_status(shmid):
@@ -572,103 +877,23 @@ def shm_status(shmid):
     return status
 
 
-def qt_key_file(kind, key):
-    """Qt's key file for a legacy key: qipc_<kind>_<the key's letters><sha1 of the key>.
-
-    kind is "sharedmemory" for the segment and "systemsem" for its semaphore. Qt puts it
-    in QDir::tempPath(): $TMPDIR, else /tmp.
-    """
-    digest = hashlib.sha1(key.encode()).hexdigest()
-    return os.path.join(os.path.normpath(os.environ.get("TMPDIR") or "/tmp"),
-                        f"qipc_{kind}_{key_letters(key)}{digest}")
-
-
-def ipc_key(key_file, create):
-    """ftok(key_file, 'Q'): the number the kernel knows the segment or semaphore by.
-
-    ftok() reads the file's inode, so the file must exist: with create, make it as Qt does
-    (mode 0640). Its maker may remove it at any moment (a Qt program that quits): then we
-    make it, and try again. The temporary directory is everyone's, so a key file may be a
-    trap: one that is a symlink, not a regular file, or another user's is never used to
-    make anything (a symlink is not even followed to look). Returns (IPC key, the inode
-    we made, or None).
-    """
-    made = None
-    while True:
-        if create:
-            try:
-                fd = os.open(key_file, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW,
-                             0o640)
-                made = os.fstat(fd).st_ino
-                os.close(fd)
-            except FileExistsError:
-                pass
-        try:
-            info = os.lstat(key_file)  # FileNotFoundError if there is none
-            if stat.S_ISLNK(info.st_mode) and not create:
-                raise FileNotFoundError(errno.ENOENT, "a symlink, not followed", key_file)
-            problem = ("is a symlink" if stat.S_ISLNK(info.st_mode) else
-                       "is not a regular file" if not stat.S_ISREG(info.st_mode) else
-                       f"belongs to user {user_name(info.st_uid)}"
-                       if create and info.st_uid != os.geteuid() else None)
-            if problem:
-                raise KeyFileError(f"Qt's key file {key_file} {problem}; refusing to use it")
-            return c_call(libc.ftok(os.fsencode(key_file), QT_FTOK_ID), key_file), made
-        except FileNotFoundError:
-            if not create:
-                raise
-            # Gone between our try and our look: its maker quit. Make it now.
-
-
-class KeyFileError(OSError):
-    """A Qt key file that we must not use."""
-
-
-def remove_key_file(path, made=None):
-    """Unlink Qt's key file if it is a regular file of ours and, given made, still the
-    inode we made: never a symlink, nor a file that someone put in its place."""
-    try:
-        info = os.lstat(path)
-        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and \
-                made in (None, info.st_ino):
-            os.unlink(path)
-    except OSError:
-        pass
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, but another user's
-        pass
-    return True
-
-
-class SystemV:
+class SystemV(SegmentKind):
     """Qt's System V segment for the legacy key KEY: the article's QSharedMemory("KEY")."""
     tag = "sysv"
     replaces_at_once = False  # a key names one segment: the old one must go first
 
-    def put_in_place(self, segment, old=None):
-        """Nothing to do: make() made it under the key."""
-
-    def clear_unfinished(self):
-        """Nothing to do: make() makes it under the key."""
-
     def __init__(self, key):
         if not SYSTEM_V_HERE:
             raise OSError("Qt's System V segments are supported on 64-bit Linux only")
-        self.key = key
-        self.name = f"{key} (System V)"
-        self.key_file = qt_key_file("sharedmemory", key)
-        self.lock_key_file = qt_key_file("systemsem", key)
-        self.made_key_file = None  # the inode of the key file that this process made
+        super().__init__(key)
+        self.label = f"{key} (System V)"
+        self.key_file = KeyFile(qt_key_file("sharedmemory", key))
+        self.lock_key_file = KeyFile(qt_key_file("systemsem", key))
 
     def shmid(self):
         """shmget(): the id of the segment under our IPC key (FileNotFoundError if none)."""
-        return c_call(libc.shmget(ipc_key(self.key_file, create=False)[0], 0, 0), self.name)
+        key = self.key_file.ipc_key(create=False)  # (which loads the C library)
+        return c_call(libc.shmget(key, 0, 0), self.label)
 
     def exists(self):
         if system_v_key_problem(self.key):  # no key file can have such a name
@@ -680,22 +905,23 @@ class SystemV:
         return True
 
     def make(self, size):
-        """Create and attach the segment, as Qt's create(): FileExistsError if it exists.
-        The loader keeps the id it gets: it never looks its own segment up again."""
-        key, made = ipc_key(self.key_file, create=True)
-        self.made_key_file = made or self.made_key_file  # the one we made last
-        shmid = c_call(libc.shmget(key, size, 0o600 | IPC_CREAT | IPC_EXCL), self.name)
+        """(shmget + shmat) The loader keeps the id it gets: it never looks its own segment
+        up again."""
+        key = self.key_file.ipc_key(create=True)
+        shmid = c_call(libc.shmget(key, size, 0o600 | IPC_CREAT | IPC_EXCL), self.label)
         try:
             segment = AttachedSegment(shmid, readonly=False)
         except OSError:  # no address space left for it, say: it must not stay under the key
             libc.shmctl(shmid, IPC_RMID, None)
             raise
-        tell(f"create({size})", f"shmget(ftok({os.path.basename(self.key_file)}, 'Q'), "
+        tell(f"create({size})", f"shmget(ftok({os.path.basename(self.key_file.path)}, 'Q'), "
                                 f"IPC_CREAT|IPC_EXCL) + shmat: shmid {shmid}")
         return segment
 
+    def put_in_place(self, segment, old=None):
+        """Nothing to do: make() made it under the key."""
+
     def attach(self):
-        """Attach read-only to the existing segment: FileNotFoundError if there is none."""
         segment = AttachedSegment(self.shmid(), readonly=True)
         tell("attach()", f"shmget + shmat(SHM_RDONLY): shmid {segment.shmid}, "
                          f"{segment.size} bytes")
@@ -706,36 +932,31 @@ class SystemV:
         tell("detach()", f"shmdt: shmid {segment.shmid}")
 
     def remove(self, segment=None):
-        """Remove the segment (IPC_RMID) and Qt's key file, as Qt's last detach() does: our
-        own by the id we made it with, else the one found under the key.
-
-        The key is free at once; processes still attached keep their memory until they
-        detach, and then the kernel frees it.
-        """
+        """(IPC_RMID) ...and Qt's key file, as Qt's last detach() does. The key is free at
+        once; processes still attached keep their memory until they detach."""
         try:
             shmid = segment.shmid if segment else self.shmid()
-            c_call(libc.shmctl(shmid, IPC_RMID, None), self.name)
+            c_call(libc.shmctl(shmid, IPC_RMID, None), self.label)
             tell("remove", f"shmctl(IPC_RMID): shmid {shmid}; unlink "
-                           f"{os.path.basename(self.key_file)}")
+                           f"{os.path.basename(self.key_file.path)}")
         except OSError as error:
             if error.errno not in (errno.ENOENT, errno.EINVAL, errno.EIDRM):  # not gone
                 raise
-        remove_key_file(self.key_file, self.made_key_file)
+        self.key_file.remove()
 
-    def users(self):
-        """How many processes are attached: 0 means nobody holds it (its maker died)."""
+    def attached_count(self):
         return shm_status(self.shmid()).nattch
 
     def owners(self):
-        """[Owned] for Qt's key files, the segment and Qt's semaphore set, where they
-        exist, as lstat and /proc/sysvipc tell anyone (IPC_STAT would need leave to read)."""
+        """Qt's key files, the segment and Qt's semaphore set, as lstat and /proc/sysvipc
+        tell anyone (IPC_STAT would need leave to read)."""
         found, key_files = [], []  # the segment and the lock first: they matter most
-        for what, table, key_file in ((f"segment {self.name}", "shm", self.key_file),
-                                      (f"Qt's lock for {self.name}", "sem", self.lock_key_file)):
+        for what, table, key_file in ((f"segment {self.label}", "shm", self.key_file),
+                                      (f"Qt's lock for {self.label}", "sem", self.lock_key_file)):
             try:
-                key_files.append(Owned(f"Qt's key file {key_file}", os.lstat(key_file).st_uid,
-                                       f"rm {key_file}", ""))
-                key = ipc_key(key_file, create=False)[0]
+                key_files.append(Owned(f"Qt's key file {key_file.path}",
+                                       os.lstat(key_file.path).st_uid, f"rm {key_file.path}", ""))
+                key = key_file.ipc_key(create=False)
             except OSError:  # none, or a symlink or other file that finds no segment
                 continue
             with open(f"/proc/sysvipc/{table}") as listing:
@@ -751,17 +972,7 @@ class SystemV:
         return found + key_files
 
     def open_qt_lock(self, lock_file=None, create=False):
-        return SystemVSemaphore(self.lock_key_file, create, self.name)
-
-    def describe(self, size):
-        shmid = self.shmid()
-        status = shm_status(shmid)
-        maker = f"pid {status.cpid} ({'alive' if pid_alive(status.cpid) else 'gone'})"
-        return [("segment", f"{self.name}, {size} bytes: shmid {shmid}, IPC key "
-                            f"0x{status.ipc_key & 0xFFFF_FFFF:08x} (ipcs -m lists it)"),
-                ("key file", self.key_file),
-                ("attached", f"{status.nattch} process{'es' if status.nattch > 1 else ''}, "
-                             f"this one included; made by {maker}")]
+        return SystemVSemaphore(self.lock_key_file, create, self.label)
 
 
 class AttachedSegment:
@@ -790,7 +1001,18 @@ class AttachedSegment:
             self._address = None
 
 
-def other_users(kinds):
+KINDS = {kind.tag: kind for kind in (Posix, SystemV)}
+
+
+def kinds_here(key):
+    """Both kinds of segment for key, as this system has them: POSIX first. A generator:
+    the System V kind is made (and its key files named) only if it is asked for."""
+    yield Posix(key)
+    if SYSTEM_V_HERE:
+        yield SystemV(key)
+
+
+def owned_by_others(kinds):
     """[Owned]: what of these kinds (segments, Qt's locks and key files) another user owns.
     None of it is ours to read, replace or remove, root or not."""
     return [owned for kind in kinds for owned in kind.owners() if owned.uid != os.geteuid()]
@@ -801,20 +1023,16 @@ def whose(owned):
     return f"{owned.what} belongs to user {user_name(owned.uid)}{owned.note}"
 
 
-def kinds_here(key):
-    """Both kinds of segment for key, as this system has them: POSIX first."""
-    return [Posix(key), SystemV(key)] if SYSTEM_V_HERE else [Posix(key)]
-
-
 def find_segment(key):
     """The segment held under key: /KEY first, else Qt's System V one, but our own before
     another user's; None if there is neither."""
-    found = [kind for kind in kinds_here(key) if kind.exists()]
-    ours = [kind for kind in found if not other_users([kind])]
-    return (ours or found or [None])[0]
-
-
-KINDS = {kind.tag: kind for kind in (Posix, SystemV)}
+    theirs = None
+    for kind in kinds_here(key):
+        if kind.exists():
+            if not owned_by_others([kind]):
+                return kind
+            theirs = theirs or kind
+    return theirs
 
 
 # --- Qt's lock: the semaphores behind QSharedMemory::lock() and unlock() -----------------------
@@ -825,7 +1043,6 @@ KINDS = {kind.tag: kind for kind in (Posix, SystemV)}
 # it ever finds it gone. look_for_dead_holder() is for an idle loader, once a second.
 
 WAIT_SLICE = 0.1  # seconds
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 class PosixSemaphore:
@@ -848,6 +1065,7 @@ class PosixSemaphore:
         # one, or is about to take it. We open it if it is there (as Qt's second try does:
         # O_CREAT alone), and remove it when we quit, while we hold it. Without create,
         # open the one that is there: FileNotFoundError if none.
+        load_c_library()
         self.name, self.made, self.lock_file, self.last_look = name, create, lock_file, None
         self.held = False  # by this process, between acquire() and release()
         self.handle = c_call(libc.sem_open(name.encode(), os.O_CREAT if create else 0,
@@ -1147,7 +1365,7 @@ def page_mappings(frame):
         return None
 
 
-PAGE = mmap.PAGESIZE
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # The futex system call, by which a thread sleeps on a semaphore, as /proc/PID/syscall
@@ -1229,38 +1447,37 @@ class SystemVSemaphore:
     Qt's key file qipc_systemsem_... It is taken with SEM_UNDO, so the kernel gives back
     the lock of a process that dies holding it."""
 
-    def __init__(self, key_file, create, name):
-        # create is Qt's create(): make the set (and its key file) if it is not there, and
-        # remove it at the end even if another process made it. Without create, use the
-        # set that is there: FileNotFoundError if none.
-        self.key_file, self.made, self.name, self.made_key_file = key_file, create, name, None
+    def __init__(self, key_file, create, label):
+        # create is Qt's create(): make the set (and its key file, a KeyFile) if it is not
+        # there, and remove it at the end even if another process made it. Without create,
+        # use the set that is there: FileNotFoundError if none.
+        self.key_file, self.made, self.label = key_file, create, label
         self.held = False  # by this process, between acquire() and release()
         self.semid = self.open(create)
         tell("Qt's lock", f"semget{'(IPC_CREAT)' if create else ''}: semid {self.semid}, "
-                          f"IPC key = ftok({os.path.basename(key_file)}, 'Q')")
+                          f"IPC key = ftok({os.path.basename(key_file.path)}, 'Q')")
 
     def open(self, create):
         """semget() the set under Qt's key file; with create, make both if need be, as Qt
         does. Its maker may remove both at any moment (a Qt program that quits): then,
         with create, make them ourselves."""
         while True:
-            key, made = ipc_key(self.key_file, create)
-            self.made_key_file = made or self.made_key_file  # the one we made last
+            key = self.key_file.ipc_key(create)
             semid = libc.semget(key, 1, 0o600 | IPC_CREAT | IPC_EXCL if create else 0)
             if semid != -1 and create:  # a new set starts at 0: make it a free lock, as Qt
-                c_call(libc.semctl(semid, 0, SETVAL, ctypes.c_int(1)), self.key_file)
+                c_call(libc.semctl(semid, 0, SETVAL, ctypes.c_int(1)), self.key_file.path)
             elif semid == -1 and create and ctypes.get_errno() == errno.EEXIST:
                 # It is there already. Its value is right: SEM_UNDO gave back any dead
                 # holder's lock, and setting it to 1 could let two processes in at once.
                 semid = libc.semget(key, 1, 0o600)
                 if semid == -1 and ctypes.get_errno() == errno.ENOENT:
                     continue  # and gone again
-            return c_call(semid, f"semaphore {self.key_file}")
+            return c_call(semid, f"semaphore {self.key_file.path}")
 
     def change(self, delta, give_up=lambda: False):
         operation = Sembuf(0, delta, SEM_UNDO)
         # GETPID: the last process that changed the semaphore, which is the one holding it.
-        notice = waiting_notice(f"Qt's lock on {self.name}", lambda: "held by " + process_name(
+        notice = waiting_notice(f"Qt's lock on {self.label}", lambda: "held by " + process_name(
             libc.semctl(self.semid, 0, GETPID, ctypes.c_int(0))))
         while True:
             result = libc.semtimedop(self.semid, ctypes.byref(operation), 1,
@@ -1277,7 +1494,7 @@ class SystemVSemaphore:
                 # making it if need be, as Qt does; then it is ours to remove.
                 self.semid, self.made = self.open(create=True), True
             elif code not in (errno.EAGAIN, errno.EINTR):
-                c_call(-1, f"semaphore {self.key_file}")
+                c_call(-1, f"semaphore {self.key_file.path}")
             else:
                 notice()
                 if give_up():
@@ -1301,169 +1518,10 @@ class SystemVSemaphore:
         if not self.made:
             return
         if not (self.held or self.acquire(give_up)):
-            warn(f"Qt's lock on {self.name} is held by another process; leaving it in place "
+            warn(f"Qt's lock on {self.label} is held by another process; leaving it in place "
                  "(the next load_shared.py removes it)")
             return
         libc.semctl(self.semid, 0, IPC_RMID, ctypes.c_int(0))
-        remove_key_file(self.key_file, self.made_key_file)
+        self.key_file.remove()
         tell("Qt's lock", f"semctl(IPC_RMID): semid {self.semid}; unlink "
-                          f"{os.path.basename(self.key_file)}")
-
-
-def waiting_notice(what, whom):
-    """A function to call as we wait: once we have waited a second, it says so, once, with
-    what we wait for and for whom (whom() says: "held by ..."). A wait is never silent."""
-    started, said = time.monotonic(), []
-
-    def notice():
-        if not said and time.monotonic() - started > 1:
-            warn(f"waiting for {what}, {whom()}")
-            said.append(True)
-    return notice
-
-
-def fill_standard_fds():
-    """Put /dev/null where standard input, output or error is closed: else the next file
-    we open takes its number, and the text that we print would go into our lock file."""
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
-
-
-# --- Stop signals ---------------------------------------------------------------------------
-
-stop_pipe = None  # the self-pipe's read end, while watch_stop_signals() watches
-
-
-def watch_stop_signals():
-    """Make Ctrl-C, SIGTERM and SIGHUP wake us where we wait, instead of ending us mid-step.
-
-    The self-pipe trick: a signal's only effect is a byte written to a pipe. Every wait of
-    ours watches that pipe (select, or stopped() between tries), and a stop signal also
-    ends a wait in sem_timedwait (EINTR); so a stop ends a wait at once, but never cuts a
-    write in half. A stop signal that we inherited as ignored (nohup's SIGHUP) stays so.
-    """
-    global stop_pipe
-    stop_pipe, write_end = os.pipe()
-    os.set_blocking(write_end, False)
-    signal.set_wakeup_fd(write_end)
-    for each in STOP_SIGNALS:
-        if signal.getsignal(each) != signal.SIG_IGN:
-            signal.signal(each, lambda signum, frame: None)  # the byte in the pipe is enough
-
-
-def stopped():
-    """True once a stop signal has come (its byte waits in the pipe), or before we watch."""
-    return stop_pipe is None or bool(select.select([stop_pipe], [], [], 0)[0])
-
-
-def end_watching_stop_signals():
-    """Stop signals end us again as they would have; one that came meanwhile, now."""
-    global stop_pipe
-    os.set_blocking(stop_pipe, False)
-    try:
-        came = os.read(stop_pipe, 16)
-    except BlockingIOError:
-        came = b""
-    os.close(signal.set_wakeup_fd(-1))
-    os.close(stop_pipe)
-    stop_pipe = None
-    for each in STOP_SIGNALS:
-        if signal.getsignal(each) != signal.SIG_IGN:
-            signal.signal(each, signal.SIG_DFL)
-    if came:
-        os.kill(os.getpid(), came[0])
-
-
-# --- The command line, and telling the story: --verbose, waits and failures -------------
-
-PROGRAM = os.path.basename(sys.argv[0])
-verbose = False  # --verbose: tell() says each step of the dance as it happens
-
-
-def tell(step, how):
-    """With --verbose, one line on stderr: a step of the article's Qt program, and what
-    does it here. The steps are told where they happen, so the story is the code's own."""
-    if verbose:
-        print(f"{PROGRAM}: {step:<24} {how}", file=sys.stderr, flush=True)
-
-
-def warn(message):
-    """A line on stderr, with or without --verbose (stdout is for the text)."""
-    print(f"{PROGRAM}: {message}", file=sys.stderr, flush=True)
-
-
-def process_name(pid):
-    """"show_shared.py (pid 4242)": the script (or program) that runs as pid, where Linux
-    tells it in /proc; else just the pid."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            args = cmdline.read().decode(errors="replace").split("\0")
-        if not args[0]:  # its first thread has ended: its command line is gone, its name not
-            with open(f"/proc/{pid}/comm") as comm:
-                args = [comm.read().strip()]
-    except OSError:
-        return f"pid {pid}"
-    scripts = [arg for arg in args[1:3] if arg.endswith(".py")]  # python3 SCRIPT ...
-    return f"{os.path.basename(scripts[0] if scripts else args[0])} (pid {pid})"
-
-
-def one_line(error):
-    """A failure as one plain line: an OSError without Python's "[Errno N]"."""
-    if isinstance(error, OSError) and error.strerror:
-        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
-    return str(error)
-
-
-def usage_error(message):
-    """Exit 2 with one line on stderr that says what is wrong."""
-    print(f"{os.path.basename(sys.argv[0])}: {message} (see --help)", file=sys.stderr)
-    sys.exit(2)
-
-
-STDIN = object()  # the operand "-": read standard input (a "-" after "--" is plain text)
-
-
-def parse_command_line(usage, flags=(), valued=(), most_operands=0):
-    """Read sys.argv: return (key, options, operands). A small getopt for our small commands.
-
-    argparse would do the same, but importing and setting it up costs more time than all
-    the rest that these scripts do. "--key KEY" (or --key=KEY) and --verbose are understood
-    by both scripts. Each name in flags is True when given (a value is a usage error); each
-    name in valued is True, or its value when given as --NAME=VALUE. A lone "-" is STDIN,
-    unless it follows "--", which makes what follows plain operands.
-    -h/--help prints usage and exits 0; a bad command line exits 2.
-    """
-    global verbose
-    key, options, operands = DEFAULT_KEY, {}, []
-    args = iter(sys.argv[1:])
-    for arg in args:
-        name, equals, value = arg.partition("=")
-        if arg in ("-h", "--help"):
-            print(usage, end="")
-            sys.exit(0)
-        elif arg == "--":  # what follows is an operand, even "-" or one starting with "-"
-            operands.extend(args)
-        elif name == "--key":
-            key = value if equals else next(args, None)
-            if key is None:
-                usage_error("--key needs a KEY")
-        elif name == "--verbose" or name in flags:
-            if equals:
-                usage_error(f"{name} takes no value")
-            options[name] = True
-        elif name in valued:
-            options[name] = value if equals else True
-        elif arg.startswith("-") and arg != "-":
-            usage_error(f"unknown option {arg}")
-        else:
-            operands.append(STDIN if arg == "-" else arg)
-    verbose = options.pop("--verbose", False)
-    if len(operands) > most_operands:
-        usage_error(f"unexpected argument {operands[most_operands]!r}")
-    problem = key_problem(key)
-    if problem:
-        usage_error(problem)
-    return key, options, operands
+                          f"{os.path.basename(self.key_file.path)}")

@@ -25,20 +25,19 @@ import signal
 
 # Ctrl-C, or a reader that stops reading (show_shared.py | head), ends us at once and
 # quietly, like any Unix filter: the kernel releases all we hold, but for Qt's lock (below).
-signal.signal(signal.SIGINT, signal.SIG_DFL)
+# A Ctrl-C that we inherited as ignored (a job started with & by a script) stays ignored.
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
-import contextlib  # noqa: E402  (after the lines above, so that Ctrl-C is quiet while importing)
+import collections  # noqa: E402  (after the lines above, so that Ctrl-C is quiet while importing)
+import contextlib  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
 import shmcodec  # noqa: E402
-from shmcodec import DATA_LOCK, tell  # noqa: E402
-
-
-class Failure(Exception):
-    """Nothing to show: its message is the one line we print before exiting 1."""
+from shmcodec import DATA_LOCK, Failure, tell, warn  # noqa: E402
 
 
 def main():
@@ -57,99 +56,103 @@ def main():
             show_bytes(key, 16 if hex_rows is True else None if hex_rows == "all" else
                        int(hex_rows))
     except (Failure, OSError) as failure:
-        print(f"show_shared.py: {shmcodec.one_line(failure)}", file=sys.stderr)
+        warn(shmcodec.one_line(failure))
         return 1
     except MemoryError:
-        print("show_shared.py: not enough memory to decode the text", file=sys.stderr)
+        warn("not enough memory to decode the text")
         return 1
     return 0
 
 
-class NotWrittenYet(Exception):
-    """A segment of zeros that no loader of ours made: a Qt writer between its create()
-    and its lock() (see the README, "The dance on one page")."""
-
-
 def read_text(key):
-    def decode(kind, buffer, logbook, alive):
-        dead_loader = logbook if logbook and not alive else None
-        if dead_loader and dead_loader.state != "loaded":  # its logbook says "writing"
-            raise Failure(f"load_shared.py (pid {dead_loader.pid}) died while writing "
-                          f"{kind.name}; there is no whole text to show")
-        if not logbook and len(buffer) > 4 and not any(buffer[:4]) and \
-                buffer.tobytes().count(0) == len(buffer):  # copied only after a count of 0
-            raise NotWrittenYet
-        try:
-            text = shmcodec.decode_qstring(buffer)
-            tell("QDataStream >> text", "a null QString" if text is None else
-                 f"{len(text)} characters, straight from the segment's memory")
-            return text, dead_loader
-        except shmcodec.QStringFormatError as error:
-            raise Failure(f"segment {kind.name} ({len(buffer)} bytes) holds no QString: "
-                          f"{error}") from None
-
-    for _ in range(10):  # give a Qt writer a second to write what it created
-        try:
-            text, dead_loader = read_segment(key, decode)
-            break
-        except NotWrittenYet:
-            time.sleep(0.1)
+    """The text under key, as ShowSharedMem reads it (see attached()). A segment of zeros
+    that no loader of ours made is a Qt writer between its create() and its lock(): we
+    give it a second to write."""
+    for _ in range(10):
+        with attached(key) as found:
+            if found.loader and found.loader.died_writing:
+                raise no_whole_text(found.loader, found.kind.label)
+            if not made_but_not_written(found):
+                text = decoded(found)
+                break
+        time.sleep(0.1)
     else:
         raise Failure(f"the segment under key {key!r} was made but not written yet (a Qt "
                       "program between create() and lock(); see README, \"The dance on one "
                       "page\")")
-    if dead_loader:
-        print(f"show_shared.py: note: load_shared.py (pid {dead_loader.pid}), which loaded "
-              "this text, is gone; the next load_shared.py replaces it", file=sys.stderr)
+    if found.loader and not found.loader.alive:
+        warn(f"note: load_shared.py (pid {found.loader.pid}), which loaded this text, is "
+             "gone; the next load_shared.py replaces it")
     return text
 
 
-def read_segment(key, read):
-    """Return read(kind, the segment's memory, logbook, alive), run attached and locked.
+Found = collections.namedtuple("Found", "kind buffer loader")
+# kind: the kind of segment found (shmcodec.Posix or shmcodec.SystemV); buffer: its bytes,
+# read-only, straight from its memory; loader: the Loader that made it, or None if no
+# loader of ours did (a Qt program, say).
 
-    kind is the kind of segment found (shmcodec.Posix or shmcodec.SystemV); logbook is the
-    last loader's (pid, state, kind) or None, and alive tells if that loader still lives.
-    This is the original's lock(), attach(), constData(), detach() and unlock().
-    """
+Loader = collections.namedtuple("Loader", "pid alive died_writing")
+# The last load_shared.py under the key: its pid; whether it lives; whether it died while
+# its segment may hold half a text (its logbook says "writing").
+
+
+@contextlib.contextmanager
+def attached(key):
+    """The original's lock(), attach(), constData(), detach() and unlock(): yield the
+    segment under key as a Found, attached read-only, while we hold both locks, ours and
+    Qt's. Failure if there is none to show."""
     try:
         lock_file = shmcodec.LockFile(key, create=False)
     except FileNotFoundError:  # no loader of ours ran here: Qt's lock is all there is
         lock_file = None
-    # Lock *before* attaching: a loader that replaces its text swaps in a new segment, and
-    # the lock makes sure that we map the one that is whole, never one being written.
+    # Lock *before* attaching: our loader makes a new segment for each text, and our lock
+    # makes sure that we map a whole one. (A Qt writer takes no lock of ours, and between
+    # its create() and its lock() its segment is all zeros: see read_text.)
     if lock_file:
         lock_file.lock(DATA_LOCK, exclusive=False, step="lock(), our half")
     try:
-        # The logbook names the last loader; its OWNER_LOCK tells if that loader lives.
-        logbook = lock_file and lock_file.read_logbook()
-        alive = logbook is not None and lock_file.owner_alive()
-        died_writing = logbook and not alive and logbook.state == "writing"
+        loader, tag = last_loader(lock_file)
         kind = shmcodec.find_segment(key)
-        tell("attach(): which kind?", kind.name if kind else f"neither /{key} nor System V")
+        tell("attach(): which kind?", kind.label if kind else f"neither /{key} nor System V")
         if kind is None:
-            if died_writing:  # it may have died before its segment even existed
-                raise Failure(f"load_shared.py (pid {logbook.pid}) died while writing "
-                              f"under key {key!r}; there is no whole text to show")
+            if loader and loader.died_writing:  # it may have died before its segment was made
+                raise no_whole_text(loader, f"under key {key!r}")
             raise nothing_loaded(key)
-        theirs = shmcodec.other_users([kind])
+        theirs = shmcodec.owned_by_others([kind])
         if theirs:
             raise Failure(f"{shmcodec.whose(theirs[0])}: it is theirs to show")
-        if logbook and logbook.kind != kind.tag:
-            logbook = died_writing = None  # it speaks of the other kind of segment
-        # A loader that died while writing left no whole text: there is nothing to read
-        # under Qt's lock (the next one of ours to take its turn gives it back).
-        with qt_lock_held(kind, lock_file, skip=died_writing):
+        if tag != kind.tag:
+            loader = None  # its logbook speaks of the other kind of segment
+        # A loader that died while writing left no whole text to wait for: do not wait for
+        # its Qt lock (the next one of ours to take its turn gives it back).
+        with qt_lock_held(kind, lock_file, skip=loader and loader.died_writing):
             try:
                 segment = kind.attach()
             except FileNotFoundError:  # a Qt program removed it meanwhile
                 raise nothing_loaded(key) from None
             try:
-                return read(kind, segment.buf, logbook, alive)
+                yield Found(kind, segment.buf, loader)
             finally:
                 kind.detach(segment)  # unmap, and leave the segment alone
     finally:
         if lock_file:
             lock_file.unlock(DATA_LOCK, step="unlock(), our half")
+
+
+def last_loader(lock_file):
+    """(Loader, its kind's tag) of the last load_shared.py under the key, as its logbook and
+    its OWNER_LOCK tell; (None, None) if no loader of ours left a logbook. Call it under
+    DATA_LOCK."""
+    logbook = lock_file and lock_file.read_logbook()
+    if not logbook:
+        return None, None
+    alive = lock_file.owner_alive()
+    return Loader(logbook.pid, alive, not alive and logbook.state == "writing"), logbook.tag
+
+
+def no_whole_text(loader, where):
+    return Failure(f"load_shared.py (pid {loader.pid}) died while writing {where}; there is "
+                   "no whole text to show")
 
 
 def nothing_loaded(key):
@@ -158,7 +161,7 @@ def nothing_loaded(key):
 
 
 @contextlib.contextmanager
-def qt_lock_held(kind, lock_file, skip):
+def qt_lock_held(kind, lock_file, skip=False):
     """sharedMem.lock(), Qt's half: hold the semaphore that a Qt program's lock() takes.
 
     If there is none, no Qt program holds one: go on without. A POSIX semaphore has no
@@ -186,6 +189,25 @@ def qt_lock_held(kind, lock_file, skip):
         shmcodec.end_watching_stop_signals()  # a stop that came ends us here
 
 
+def made_but_not_written(found):
+    """True for a segment of zeros that no loader of ours made (see read_text)."""
+    buffer = found.buffer
+    return (not found.loader and len(buffer) > 4 and not any(buffer[:4]) and
+            buffer.tobytes().count(0) == len(buffer))  # copied only after a count of 0
+
+
+def decoded(found):
+    """QDataStream >> text, straight from the segment's memory."""
+    try:
+        text = shmcodec.decode_qstring(found.buffer)
+    except shmcodec.QStringFormatError as error:
+        raise Failure(f"segment {found.kind.label} ({len(found.buffer)} bytes) holds no "
+                      f"QString: {error}") from None
+    tell("QDataStream >> text", "a null QString" if text is None else
+         f"{len(text)} characters, straight from the segment's memory")
+    return text
+
+
 # --- show_shared.py --hex: the segment, byte by byte ---------------------------------------
 
 ROW = 16  # bytes a row: 8 UTF-16 code units
@@ -193,25 +215,23 @@ ROW = 16  # bytes a row: 8 UTF-16 code units
 
 def show_bytes(key, rows):
     """Print what is in the segment; raise Failure if it holds no whole QString."""
-    def copy(kind, buffer, logbook, alive):  # copy what we show, and check it, under the lock
+    with attached(key) as found:  # copy what we show, and check it, under the locks
+        size, kind, loader = len(found.buffer), found.kind, found.loader
         try:
-            span, problem = shmcodec.qstring_span(buffer) or (4, 4), None  # null: no units
+            span, problem = shmcodec.qstring_span(found.buffer) or (4, 4), None  # null: none
         except shmcodec.QStringFormatError as error:
             span, problem = None, str(error)
-        shown = len(buffer) if rows is None else 12 + rows * ROW
-        return (kind, kind.describe(len(buffer)), bytes(buffer[:shown]), len(buffer), span,
-                problem, logbook, alive)
-
-    kind, details, data, size, span, problem, logbook, alive = read_segment(key, copy)
+        data = bytes(found.buffer[:size if rows is None else 12 + rows * ROW])
+        details = where_it_is(kind, size)
     path = shmcodec.lock_path(key)
     details.append(("lock file", path if path and os.path.exists(path) else
                     "none: no load_shared.py ran here"))
-    if logbook and alive:
-        owner = f"load_shared.py pid {logbook.pid}, alive"
-    elif logbook:
-        owner = f"load_shared.py pid {logbook.pid}, gone (it died; the segment is stale)"
-        if logbook.state != "loaded":
-            problem = problem or f"load_shared.py (pid {logbook.pid}) died while writing"
+    if loader and loader.alive:
+        owner = f"load_shared.py pid {loader.pid}, alive"
+    elif loader:
+        owner = f"load_shared.py pid {loader.pid}, gone (it died; the segment is stale)"
+        if loader.died_writing:
+            problem = problem or f"load_shared.py (pid {loader.pid}) died while writing"
     else:
         owner = "no load_shared.py: another program (a Qt one?) made it"
     details += [("owner", owner), ("count", explain_count(data))]
@@ -219,10 +239,35 @@ def show_bytes(key, rows):
         print(f"{label:<10} {value}")
     if problem:  # the count cannot be trusted: show every byte, and no characters
         print_rows(data, 0, size, rows, characters=False)
-        raise Failure(f"segment {kind.name} holds no whole QString: {problem}")
+        raise Failure(f"segment {kind.label} holds no whole QString: {problem}")
     print_rows(data, *span, rows, characters=True)
     if size > span[1]:
         print(f"{size - span[1]} bytes after the text, which a reader ignores")
+
+
+def where_it_is(kind, size):
+    """(label, value) rows that say where the segment is: where ls or ipcs finds it."""
+    if kind.tag == shmcodec.Posix.tag:
+        where = f" = /dev/shm/{kind.key}" if sys.platform.startswith("linux") else ""
+        return [("segment", f"{kind.label}{where}, {size} bytes")]
+    shmid = kind.shmid()
+    status = shmcodec.shm_status(shmid)
+    maker = f"pid {status.cpid} ({'alive' if pid_alive(status.cpid) else 'gone'})"
+    return [("segment", f"{kind.label}, {size} bytes: shmid {shmid}, IPC key "
+                        f"0x{status.ipc_key & 0xFFFF_FFFF:08x} (ipcs -m lists it)"),
+            ("key file", kind.key_file.path),
+            ("attached", f"{status.nattch} process{'es' if status.nattch > 1 else ''}, "
+                         f"this one included; made by {maker}")]
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        pass
+    return True
 
 
 def explain_count(data):

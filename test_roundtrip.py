@@ -7,6 +7,7 @@ file), and removes its segment, lock file and processes even when it fails.
 """
 
 import contextlib
+import ctypes
 import errno
 import functools
 import importlib.util
@@ -30,8 +31,10 @@ import unittest.mock
 
 from multiprocessing.shared_memory import SharedMemory
 
+import _posixshmem  # the C module behind SharedMemory
 import shmcodec
 
+libc = shmcodec.load_c_library()
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOADER = os.path.join(HERE, "load_shared.py")
 VIEWER = os.path.join(HERE, "show_shared.py")
@@ -178,7 +181,7 @@ class ProcessTestCase(unittest.TestCase):
                     stream.close()
         # A killed loader (or Qt program) leaves its segment and Qt's semaphore behind.
         self.unlink_segment()
-        shmcodec.libc.sem_unlink(f"/{self.key}".encode())
+        libc.sem_unlink(f"/{self.key}".encode())
         for table, ident in self.system_v_left():
             remove_system_v(table, ident)
         shutil.rmtree(self.tmpdir)
@@ -293,9 +296,9 @@ class ProcessTestCase(unittest.TestCase):
         it: a test that mapped it could be taken for a holder. glibc's POSIX semaphore
         keeps its value in the low half of its first word (little-endian, 64-bit)."""
         if sysv:
-            key_file = self.segment_kind(sysv=True).lock_key_file
-            semid = shmcodec.libc.semget(shmcodec.libc.ftok(key_file.encode(), ord("Q")), 1, 0)
-            return shmcodec.c_call(shmcodec.libc.semctl(semid, 0, GETVAL, 0), key_file)
+            key_file = self.segment_kind(sysv=True).lock_key_file.path
+            semid = libc.semget(libc.ftok(key_file.encode(), ord("Q")), 1, 0)
+            return shmcodec.c_call(libc.semctl(semid, 0, GETVAL, 0), key_file)
         with open(f"/dev/shm/sem.{self.key}", "rb") as semaphore:
             return int.from_bytes(semaphore.read(4), "little")
 
@@ -467,9 +470,9 @@ class ProcessTestCase(unittest.TestCase):
     def make_qt_posix_lock(self):
         """Qt's POSIX lock for our key, as a Qt program leaves it (the test's cleanup
         removes it)."""
-        handle = shmcodec.libc.sem_open(f"/{self.key}".encode(), os.O_CREAT,
-                                        shmcodec.ctypes.c_uint(0o600), shmcodec.ctypes.c_uint(1))
-        shmcodec.libc.sem_close(shmcodec.ctypes.c_void_p(handle))
+        handle = libc.sem_open(f"/{self.key}".encode(), os.O_CREAT,
+                                        ctypes.c_uint(0o600), ctypes.c_uint(1))
+        libc.sem_close(ctypes.c_void_p(handle))
 
     HELD = 3  # seconds that a living holder holds, longer than a proof of death takes
 
@@ -819,7 +822,7 @@ class FaultTest(ProcessTestCase):
                 if data:
                     self.write_segment(data)
                 else:  # SharedMemory will not make a 0-byte segment; shm_open will
-                    os.close(shmcodec._posixshmem.shm_open("/" + self.key, os.O_CREAT | os.O_RDWR,
+                    os.close(_posixshmem.shm_open("/" + self.key, os.O_CREAT | os.O_RDWR,
                                                            0o600))
                 status, out, err = self.show()
                 self.assertEqual((status, out), (1, b""))
@@ -1237,7 +1240,7 @@ class RulesTest(ProcessTestCase):
         qt_lock.close()  # the Qt program quits: its set and key file are gone
         self.assertEqual(self.finish(viewer)[:2], (0, b"qt's\n"))
         self.assertEqual([ident for ident in self.system_v_left() if ident[0] == "sem"], [])
-        self.assertFalse(os.path.exists(system_v.lock_key_file))
+        self.assertFalse(os.path.exists(system_v.lock_key_file.path))
 
     @needs_system_v
     def test_a_system_v_lock_that_vanishes_at_the_worst_moment(self):
@@ -1266,7 +1269,7 @@ class RulesTest(ProcessTestCase):
                     self.type_line(loader, "second")
                     waiting = loader
                 self.assertIn("waiting for Qt's lock", self.wait_line(waiting, stderr=True))
-                shmcodec.libc.semctl(qt_lock.semid, 0, shmcodec.IPC_RMID, 0)  # it quits
+                libc.semctl(qt_lock.semid, 0, shmcodec.IPC_RMID, 0)  # it quits
                 if script == VIEWER:
                     try:
                         self.assertEqual(self.finish(waiting)[:2], (0, b"qt's\n"))
@@ -1775,7 +1778,7 @@ class ReplacementTest(ProcessTestCase):
         self.assertEqual(self.finish(loader)[0], 0)
 
 
-QUIET_LINE = "signal.signal(signal.SIGINT, signal.SIG_DFL)"
+QUIET_LINE = "    signal.signal(signal.SIGINT, signal.SIG_DFL)"
 
 
 class TwoUsersTest(ProcessTestCase):
@@ -1943,10 +1946,10 @@ class TwoUsersTest(ProcessTestCase):
         target = os.path.join(self.tmpdir, "another-programs-file")
         open(target, "w").close()
         plants = {  # where, how, which loader
-            "a's regular key file": (system_v.key_file, lambda p: open(p, "w").close(), "--sysv"),
-            "a's key file symlink": (system_v.key_file, lambda p: os.symlink(target, p), "--sysv"),
-            "a's key file FIFO": (system_v.key_file, lambda p: os.mkfifo(p, 0o644), "--sysv"),
-            "a's lock key file": (system_v.lock_key_file, lambda p: open(p, "w").close(),
+            "a's regular key file": (system_v.key_file.path, lambda p: open(p, "w").close(), "--sysv"),
+            "a's key file symlink": (system_v.key_file.path, lambda p: os.symlink(target, p), "--sysv"),
+            "a's key file FIFO": (system_v.key_file.path, lambda p: os.mkfifo(p, 0o644), "--sysv"),
+            "a's lock key file": (system_v.lock_key_file.path, lambda p: open(p, "w").close(),
                                   "--sysv"),
             "a's semaphore symlink": (f"/dev/shm/sem.{self.key}",
                                       lambda p: os.symlink(target, p), None),
@@ -1988,31 +1991,31 @@ class TwoUsersTest(ProcessTestCase):
         first_shmid = own.shmid()
         # Mallory swaps b's key file for a symlink to the other program's (in a sticky
         # directory only root could; the point is what b's loader does next).
-        os.unlink(own.key_file)
-        self.plant(a, own.key_file, lambda p: os.symlink(other.key_file, p))
+        os.unlink(own.key_file.path)
+        self.plant(a, own.key_file.path, lambda p: os.symlink(other.key_file.path, p))
         loader.stdin.write(b"second\n")
         loader.stdin.close()
         status, out, err = self.finish(loader)
         self.assertEqual((status, out), (1, b""))
-        self.assert_one_line(err, own.key_file, "symlink")
+        self.assert_one_line(err, own.key_file.path, "symlink")
         self.assertEqual(bytes(theirs.buf[:14]), shmcodec.encode_qstring("other"))
-        self.assertEqual(other.users(), 1)  # still there, untouched
+        self.assertEqual(other.attached_count(), 1)  # still there, untouched
         self.assertNotIn(("shm", first_shmid), system_v_objects())  # b's own was removed
-        self.assertTrue(os.path.islink(own.key_file))  # and the symlink left alone
-        os.unlink(own.key_file)
+        self.assertTrue(os.path.islink(own.key_file.path))  # and the symlink left alone
+        os.unlink(own.key_file.path)
         # The same with a regular file of Mallory's in its place: never a key of ours.
         loader = self.as_user(b, "load_shared.py", "--sysv", stdin=subprocess.PIPE)
         loader.stdin.write(b"first\n")
         loader.stdin.flush()
         self.assertRegex(self.wait_line(loader), "^Loaded ")
-        os.unlink(own.key_file)
-        before = self.plant(a, own.key_file, lambda p: open(p, "w").close())
+        os.unlink(own.key_file.path)
+        before = self.plant(a, own.key_file.path, lambda p: open(p, "w").close())
         loader.stdin.write(b"second\n")
         loader.stdin.close()
         status, out, err = self.finish(loader)
         self.assertEqual((status, out), (1, b""))
-        self.assert_one_line(err, own.key_file, f"belongs to user {a.pw_name}")
-        self.assertEqual(os.lstat(own.key_file).st_ino, before.st_ino)
+        self.assert_one_line(err, own.key_file.path, f"belongs to user {a.pw_name}")
+        self.assertEqual(os.lstat(own.key_file.path).st_ino, before.st_ino)
         self.assertEqual(self.system_v_left(), {("shm", other.shmid())})  # b's are gone
 
     def test_one_key_one_user_whichever_kind(self):
@@ -2020,7 +2023,7 @@ class TwoUsersTest(ProcessTestCase):
         for first, second in (((), ("--sysv",)), (("--sysv",), ())):
             with self.subTest(first=first):
                 loader = self.load_as(a, *first, "hers")
-                kind = f"segment {self.segment_kind(bool(first)).name} "
+                kind = f"segment {self.segment_kind(bool(first)).label} "
                 for who in ("root", b.pw_name):
                     status, out, err = self.run_script(*second, "mine", script=LOADER) \
                         if who == "root" else self.run_as(b, "load_shared.py", *second, "mine")
@@ -2305,7 +2308,7 @@ class SystemVTest(ProcessTestCase):
                 status = shmcodec.shm_status(self.system_v().shmid())
                 self.assertEqual((status.nattch, status.mode & 0o777, status.cpid),
                                  (1, 0o600, loader.pid))  # the loader stays attached
-                self.assertEqual(os.stat(self.system_v().key_file).st_mode & 0o777, 0o640)
+                self.assertEqual(os.stat(self.system_v().key_file.path).st_mode & 0o777, 0o640)
                 loader.terminate()
                 self.assertEqual(self.finish(loader)[0], 0)
                 self.assert_nothing_left()
@@ -2332,7 +2335,7 @@ class SystemVTest(ProcessTestCase):
         self.assertEqual(lines[0], f"segment    {self.key} (System V), 8 bytes: shmid {shmid}, "
                                    f"IPC key 0x{ipc_key:08x} (ipcs -m lists it)")
         self.assertTrue(lines[0].split("IPC key 0x")[1].startswith("51"))  # ftok(file, 'Q')
-        self.assertEqual(lines[1], f"key file   {self.system_v().key_file}")
+        self.assertEqual(lines[1], f"key file   {self.system_v().key_file.path}")
         self.assertEqual(lines[2], "attached   2 processes, this one included; "
                                    f"made by pid {loader.pid} (alive)")
         self.assertIn(f"load_shared.py pid {loader.pid}, alive", lines[4])
@@ -2342,7 +2345,7 @@ class SystemVTest(ProcessTestCase):
         loader = self.start_loader("--sysv", "survivor")
         loader.kill()
         loader.wait()
-        self.assertEqual(self.system_v().users(), 0)  # an orphan: nobody attached
+        self.assertEqual(self.system_v().attached_count(), 0)  # an orphan: nobody attached
         status, out, err = self.show()
         self.assertEqual((status, out), (0, b"survivor\n"))
         self.assert_one_line(err, "gone", f"pid {loader.pid}")
@@ -2807,7 +2810,7 @@ class QtPeerTests:
                 viewer = self.start(script=VIEWER)
                 self.assertTrue(self.still_running(viewer), "the viewer did not wait")
                 said = self.wait_line(viewer, stderr=True)  # after a second: a wait is said
-                self.assertIn(f"waiting for Qt's lock on {self.kind(key_kind).name}", said)
+                self.assertIn(f"waiting for Qt's lock on {self.kind(key_kind).label}", said)
                 if key_kind == "legacy":  # System V tells who changed the semaphore last
                     self.assertIn(f"(pid {holder.pid})", said)
                 loader.stdin.write(b"second\n")
@@ -2843,7 +2846,7 @@ class QtPeerTests:
         self.assertEqual(self.wait_line(writer), "ready\n")
         writer.kill()
         writer.wait()
-        self.assertEqual(self.kind("legacy").users(), 0)
+        self.assertEqual(self.kind("legacy").attached_count(), 0)
         self.assert_shows("orphan")  # the text is still there, and readable
         loader = self.load("legacy", "replaced")
         self.assertIn("nobody is attached", loader.stderr.readline().decode())
@@ -2879,7 +2882,7 @@ class QtPeerTests:
 def qt_posix_segment(key, size):
     """A POSIX segment /key made as a Qt program makes it (shm_open(O_CREAT|O_EXCL) +
     ftruncate), mapped for writing; the test removes it."""
-    return SharedMemory(key, create=True, size=size, **shmcodec.UNTRACKED)
+    return SharedMemory(key, create=True, size=size, **shmcodec.untracked())
 
 
 def shmcodec_in(tmpdir, call):
@@ -2923,7 +2926,7 @@ class DanceTest(ProcessTestCase):
         status, out, err = self.finish(self.dance_process("show"))
         self.assertEqual((status, out, err), (1, b"", "Enter a text first\n"))
         loader = self.dance_process("load", "Grüße from dance.py 😀", stdin=subprocess.PIPE)
-        self.assertEqual(self.wait_line(loader), "Loaded; press Enter to quit\n")
+        self.assertEqual(self.wait_line(loader), "Loaded; press Enter (or Ctrl-C) to quit\n")
         self.assert_shows("Grüße from dance.py 😀")
         loader.stdin.write(b"\n")
         loader.stdin.close()
@@ -2935,6 +2938,18 @@ class DanceTest(ProcessTestCase):
         ours.terminate()
         self.assertEqual(self.finish(ours)[0], 0)
         self.assert_nothing_left()
+
+    def test_a_bad_command_line_and_ctrl_c_leave_nothing(self):
+        for args in ((), ("load",), ("show", "x"), ("dance",)):
+            with self.subTest(args=args):
+                status, out, err = self.finish(self.dance_process(*args))
+                self.assertEqual((status, out, err),
+                                 (1, b"", 'usage: python3 dance.py load "TEXT" | show\n'))
+        loader = self.dance_process("load", "bye", stdin=subprocess.PIPE)
+        self.assertEqual(self.wait_line(loader), "Loaded; press Enter (or Ctrl-C) to quit\n")
+        loader.send_signal(signal.SIGINT)
+        self.assertEqual(self.finish(loader), (0, b"", ""))
+        self.assert_nothing_left()  # and the next one loads
 
 
 class ArticleTest(ProcessTestCase):
@@ -3146,15 +3161,15 @@ def system_v_objects():
     with open("/proc/sysvipc/sem") as listing:
         for line in list(listing)[1:]:  # key semid ...; GETPID: who last set or changed it
             semid = int(line.split()[1])
-            found["sem", semid] = {shmcodec.libc.semctl(semid, 0, GETPID, 0)}
+            found["sem", semid] = {libc.semctl(semid, 0, GETPID, 0)}
     return found
 
 
 def remove_system_v(table, ident):
     if table == "shm":
-        shmcodec.libc.shmctl(ident, shmcodec.IPC_RMID, None)
+        libc.shmctl(ident, shmcodec.IPC_RMID, None)
     else:
-        shmcodec.libc.semctl(ident, 0, shmcodec.IPC_RMID, 0)
+        libc.semctl(ident, 0, shmcodec.IPC_RMID, 0)
 
 
 def holds_a_lock(pid):
