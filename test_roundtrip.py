@@ -261,10 +261,10 @@ class ProcessTestCase(unittest.TestCase):
             stdin=stdin, preexec_fn=preexec_fn, env=env)
 
     def start_command(self, command, stdin=subprocess.DEVNULL, preexec_fn=None, env=None,
-                      stdout=subprocess.PIPE):
+                      stdout=subprocess.PIPE, cwd=HERE):
         """Start command in the background, and clean up after it whatever happens."""
         process = subprocess.Popen(command, stdin=stdin, stdout=stdout,
-                                   stderr=subprocess.PIPE, env=env or self.env, cwd=HERE,
+                                   stderr=subprocess.PIPE, env=env or self.env, cwd=cwd,
                                    preexec_fn=preexec_fn)
         self.processes.append(process)
         return process
@@ -382,6 +382,23 @@ class ProcessTestCase(unittest.TestCase):
         status, out, err = self.show()
         self.assertEqual((status, err), (0, ""))
         self.assertEqual(out, text.encode() + b"\n")
+
+    def stop(self, process, signum=signal.SIGTERM):
+        """Stop a script with signum: it ends cleanly (exit 0); return its (stdout, stderr)."""
+        process.send_signal(signum)
+        status, out, err = self.finish(process)
+        self.assertEqual(status, 0, err)
+        return out, err
+
+    def load_line(self, loader, text):
+        """Type a line into an interactive load_shared.py, and wait until it has loaded it."""
+        self.type_line(loader, text)
+        self.assertRegex(self.wait_line(loader), "^Loaded ")
+
+    def assert_failed(self, status, out, err, *words):
+        """A script failed as it should: exit 1, nothing on stdout, one clear line."""
+        self.assertEqual((status, out), (1, b""), err)
+        self.assert_one_line(err, *words)
 
     def assert_one_line(self, err, *words):
         """A failure is one clear line on stderr, never a traceback."""
@@ -520,6 +537,61 @@ class ProcessTestCase(unittest.TestCase):
         self.assertNotIn("giving it back", said)
         return said
 
+    def assert_qt_reads(self, text, sysv=False, prefix=()):
+        """A PySide6 reader of our key reads text (where there is a Python with PySide6;
+        with QT_TESTS_REQUIRED, there must be)."""
+        python = python_with("PySide6", "QT6_PYTHON")
+        if not python:
+            if os.environ.get("QT_TESTS_REQUIRED"):
+                self.fail("QT_TESTS_REQUIRED is set, but there is no Python with PySide6")
+            return
+        result = subprocess.run([*prefix, python, "-c", QT_PEER, "PySide6",
+                                 "legacy" if sysv else "safe", self.key, "read"],
+                                capture_output=True, env=self.env, timeout=TIMEOUT)
+        self.assertEqual((result.returncode, result.stdout.decode()), (0, ascii(text) + "\n"),
+                         result.stderr)
+
+    def assert_old_text_stays(self, loader, line, why, sysv=(), prefix=()):
+        """Type line into loader, which cannot load it (why: words of the reason); the old
+        text, "first", stays for our viewer and for Qt; the next line loads; and at the
+        end of input the loader says that a line was not loaded (exit 1)."""
+        self.type_line(loader, line)
+        said = self.wait_line(loader, stderr=True)
+        self.assertRegex(said, r"^load_shared.py: that line was not loaded: .*; the old text "
+                               r"stays\n$")
+        self.assertIn(why, said)
+        status, out, err = self.run_script(script=VIEWER, prefix=prefix)
+        self.assertEqual((status, out, err), (0, b"first\n", ""))
+        self.assert_qt_reads("first", bool(sysv), prefix)
+        self.load_line(loader, "next")
+        self.assertEqual(self.run_script(script=VIEWER, prefix=prefix)[:2], (0, b"next\n"))
+        loader.stdin.close()
+        status, out, err = self.finish(loader)
+        self.assertEqual(status, 1, err)
+        self.assertNotIn("Traceback", err)
+        self.assert_nothing_left()
+
+    def typing_loader(self, *args, limit=None, prefix=()):
+        """An interactive load_shared.py (after prefix), with a resource limit (resource,
+        bytes), that has loaded "first"."""
+        def set_limit():
+            if limit:
+                resource.setrlimit(limit[0], (limit[1], limit[1]))
+        loader = self.start(*args, stdin=subprocess.PIPE, preexec_fn=set_limit, prefix=prefix)
+        self.load_line(loader, "first")
+        return loader
+
+    def base_size(self, *args):
+        """The address space that a loader uses once it has loaded a short line (bytes)."""
+        loader = self.start(*args, stdin=subprocess.PIPE)
+        self.load_line(loader, "first")
+        with open(f"/proc/{loader.pid}/status") as status:
+            size = next(int(line.split()[1]) << 10 for line in status if line.startswith("VmSize"))
+        loader.stdin.close()
+        self.finish(loader)
+        return size
+
+    @needs_system_v
     def write_segment(self, data):
         """Make segment /key by hand, as a Qt program (or a vandal) would."""
         segment = qt_posix_segment(self.key, max(len(data), 1))
@@ -529,15 +601,6 @@ class ProcessTestCase(unittest.TestCase):
 
 
 class RoundTripTest(ProcessTestCase):
-    def test_texts_round_trip(self):
-        for text in ("hello", "Grüße, ça va? Ωμέγα", "😀 and 𝄞", "tab\there"):
-            with self.subTest(text=text):
-                loader = self.start_loader(text)
-                self.assert_shows(text)
-                loader.terminate()
-                self.assertEqual(self.finish(loader)[0], 0)
-                self.assertFalse(self.segment_exists())
-
     def test_segment_holds_qt_bytes(self):
         loader = self.start_loader("Grüße")
         with open(self.segment_path, "rb") as segment:
@@ -548,8 +611,7 @@ class RoundTripTest(ProcessTestCase):
     def test_empty_text(self):
         loader = self.start_loader("")
         self.assert_shows("")
-        loader.terminate()
-        self.assertEqual(self.finish(loader)[0], 0)
+        self.stop(loader)
 
     def test_multiline_text_from_stdin(self):
         text = "first line\nsecond line\n\nfourth, after an empty one\n"
@@ -568,20 +630,7 @@ class RoundTripTest(ProcessTestCase):
         status, out, err = self.show()
         self.assertEqual((status, err), (0, ""))
         self.assertTrue(out == text.encode() + b"\n")  # not assertEqual: no 64 MiB diff
-        loader.send_signal(signal.SIGINT)
-        self.assertEqual(self.finish(loader)[0], 0)
-        self.assertFalse(self.segment_exists())
-
-    def test_interactive_lines_replace_the_text(self):
-        loader = self.start(stdin=subprocess.PIPE)
-        for text in ("first", "a longer second text", "3", "", "fünf 😀"):
-            loader.stdin.write(text.encode() + b"\n")
-            loader.stdin.flush()
-            self.assertRegex(self.wait_line(loader), "^Loaded ")
-            self.assert_shows(text)
-        loader.stdin.close()  # end of input: release and exit 0
-        status, out, err = self.finish(loader)
-        self.assertEqual((status, out), (0, b""))
+        self.stop(loader, signal.SIGINT)
         self.assertFalse(self.segment_exists())
 
     def test_interactive_bad_utf8_line_keeps_the_text(self):
@@ -601,16 +650,14 @@ class RoundTripTest(ProcessTestCase):
         for args in ((), ("--hex",), ("--key", "a-typo")):
             with self.subTest(args=args):
                 status, out, err = self.show(*args)
-                self.assertEqual((status, out), (1, b""))
-                self.assert_one_line(err, "load_shared.py", args[-1] if args[:1] == ("--key",)
+                self.assert_failed(status, out, err, "load_shared.py", args[-1] if args[:1] == ("--key",)
                                      else self.key)
                 self.assertEqual(os.listdir(self.tmpdir), [])  # a viewer leaves no litter
 
     def test_second_loader_is_refused(self):
         first = self.start_loader("first text")
         status, out, err = self.run_script("second text", script=LOADER)
-        self.assertEqual((status, out), (1, b""))
-        self.assert_one_line(err, "another load_shared.py", f"pid {first.pid}")
+        self.assert_failed(status, out, err, "another load_shared.py", f"pid {first.pid}")
         self.assert_shows("first text")
         status, out, err = self.run_script(script=LOADER, input=b"third\n")
         self.assertEqual(status, 1)
@@ -629,8 +676,7 @@ class RoundTripTest(ProcessTestCase):
                 self.assertFalse(self.segment_exists())
         with self.subTest("end of input"):
             loader = self.start(stdin=subprocess.PIPE)
-            loader.stdin.write(b"bye\n")
-            loader.stdin.flush()
+            self.type_line(loader, "bye")
             self.wait_line(loader)
             self.assertTrue(self.segment_exists())
             loader.stdin.close()
@@ -683,37 +729,6 @@ class FaultTest(ProcessTestCase):
         with open(self.segment_path, "rb") as segment:
             return segment.read()
 
-    def test_sigkill_while_holding_does_not_block_the_next_run(self):
-        loader = self.start_loader("survivor")
-        loader.kill()
-        loader.wait()
-        status, out, err = self.show()  # still shows the text, and says its loader is gone
-        self.assertEqual((status, out), (0, b"survivor\n"))
-        self.assert_one_line(err, "gone", f"pid {loader.pid}")
-        self.assertTrue(self.segment_exists())
-        second = self.start_loader("next")
-        self.assertIn(f"left behind by load_shared.py (pid {loader.pid})",
-                      second.stderr.readline().decode())
-        self.assert_shows("next")
-        second.terminate()
-        status, out, err = self.finish(second)
-        self.assertEqual(status, 0)
-        self.assertFalse(self.segment_exists())
-
-    def test_sigkill_while_writing_shows_no_half_text(self):
-        for sysv in ((), ("--sysv",)):
-            with self.subTest(sysv=sysv):
-                self.kill_while_writing(*sysv)
-                status, out, err = self.show()  # at once: it does not wait for Qt's lock
-                self.assertEqual((status, out), (1, b""))
-                # System V: its segment may hold half a text. POSIX: none is under the key.
-                self.assert_one_line(err, "died while writing" if sysv else "nothing loaded")
-                second = self.start_loader(*sysv, "whole")
-                self.assert_shows("whole")
-                second.send_signal(signal.SIGINT)
-                self.assertEqual(self.finish(second)[0], 0)
-                self.assert_nothing_left()
-
     def test_semaphore_of_a_loader_killed_while_writing_is_given_back(self):
         # A POSIX semaphore has no undo: the dead loader left Qt's lock taken. Whoever
         # waits on it (a Qt program) is let go by the next loader, which then makes a
@@ -727,23 +742,20 @@ class FaultTest(ProcessTestCase):
         self.let_go(waiter)
         self.assertRegex(self.wait_line(second), "^Loaded ")
         self.assert_shows("next")
-        second.terminate()
-        self.assertEqual(self.finish(second)[0], 0)
+        self.stop(second)
         self.assert_nothing_left()
 
     def test_foreign_segment_is_never_destroyed_silently(self):
         qt_bytes = bytes.fromhex(QT_BYTES["hello"])
         self.write_segment(qt_bytes)
         status, out, err = self.run_script("mine", script=LOADER)
-        self.assertEqual((status, out), (1, b""))
-        self.assert_one_line(err, f"/{self.key}", "--replace")
+        self.assert_failed(status, out, err, f"/{self.key}", "--replace")
         self.assertEqual(self.segment_bytes(), qt_bytes)
         self.assert_shows("hello")  # and the viewer reads it normally, without a warning
         loader = self.start_loader("--replace", "mine")
         self.assertIn("taking over", loader.stderr.readline().decode())
         self.assert_shows("mine")
-        loader.terminate()
-        self.assertEqual(self.finish(loader)[0], 0)
+        self.stop(loader)
         self.assertFalse(self.segment_exists())
 
     def test_two_loaders_at_the_same_instant(self):
@@ -761,8 +773,7 @@ class FaultTest(ProcessTestCase):
                 self.assert_one_line(err, "another load_shared.py")
                 self.assertRegex(self.wait_line(winner), "^Loaded ")
                 self.assert_shows(winner.args[-1])
-                winner.terminate()
-                self.assertEqual(self.finish(winner)[0], 0)
+                self.stop(winner)
 
     def test_stress_no_torn_reads(self):
         sizes = [1, 10, 1000, 100_000, 1 << 20, 8 << 20]  # bytes of text, 1 B to 8 MiB
@@ -807,29 +818,6 @@ class FaultTest(ProcessTestCase):
         self.assertEqual(bad, [])
         self.assertEqual(len(results), 90)
 
-    def test_garbage_segments_are_reported_and_left_alone(self):
-        rng = random.Random(3)
-        cases = {
-            "random bytes": (bytes(rng.randrange(256) for _ in range(64)), "holds no QString"),
-            "count past the end": (bytes.fromhex("0000fffe00410042"), "past the end"),
-            "odd count": (bytes.fromhex("000000050041004200"), "odd byte count"),
-            "3 bytes": (b"\0\0\0", "cut short"),
-            "0 bytes": (b"", "0 of 4 bytes"),
-        }
-        for name, (data, words) in cases.items():
-            with self.subTest(name):
-                self.addCleanup(self.unlink_segment)
-                if data:
-                    self.write_segment(data)
-                else:  # SharedMemory will not make a 0-byte segment; shm_open will
-                    os.close(_posixshmem.shm_open("/" + self.key, os.O_CREAT | os.O_RDWR,
-                                                           0o600))
-                status, out, err = self.show()
-                self.assertEqual((status, out), (1, b""))
-                self.assert_one_line(err, words)
-                self.assertEqual(self.segment_bytes(), data)
-                self.unlink_segment()
-
     def test_text_larger_than_shared_memory_fails_cleanly(self):
         if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
             self.skipTest("no private mount namespace here (unshare -m not permitted)")
@@ -860,8 +848,7 @@ class FaultTest(ProcessTestCase):
         self.key = (self.key * 10)[:shmcodec.MAX_KEY_BYTES]  # our own key: never a person's
         loader = self.start_loader("long key")
         self.assert_shows("long key")
-        loader.terminate()
-        self.assertEqual(self.finish(loader)[0], 0)
+        self.stop(loader)
 
     def test_lock_file_is_private_and_traps_are_refused(self):
         loader = self.start_loader("private")
@@ -891,8 +878,7 @@ class FaultTest(ProcessTestCase):
                 for script in (LOADER, VIEWER):
                     status, out, err = self.run_script("text", script=script) \
                         if script == LOADER else self.show()
-                    self.assertEqual((status, out), (1, b""))
-                    self.assert_one_line(err, words)
+                    self.assert_failed(status, out, err, words)
                 after = os.lstat(self.lock_path)
                 self.assertEqual((after.st_mode, after.st_uid, after.st_size, after.st_mtime_ns),
                                  (before.st_mode, before.st_uid, before.st_size,
@@ -911,8 +897,7 @@ class FaultTest(ProcessTestCase):
                                 shell=True, capture_output=True, env=self.env, cwd=HERE,
                                 timeout=TIMEOUT)
         self.assertEqual((result.stdout, result.stderr), (b"z", b""))
-        loader.terminate()
-        self.assertEqual(self.finish(loader)[0], 0)
+        self.stop(loader)
 
     def test_loader_with_nobody_reading_its_stdout(self):
         loader = self.start(stdin=subprocess.PIPE)
@@ -934,11 +919,8 @@ class FaultTest(ProcessTestCase):
         # "-" cannot read its text (exit 1); neither leaves anything behind.
         for args, expected in (((), 0), (("-",), 1)):
             with self.subTest(args=args):
-                loader = subprocess.Popen(
-                    [sys.executable, LOADER, "--key", self.key, *args], stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, cwd=HERE,
-                    preexec_fn=lambda: os.close(0))  # no fd 0 at all, as in some CI runners
-                self.processes.append(loader)
+                loader = self.start(*args, preexec_fn=lambda: os.close(0))  # no fd 0 at all,
+                # as in some CI runners
                 status, out, err = self.finish(loader)
                 self.assertEqual((status, out), (expected, b""))
                 if expected:
@@ -956,8 +938,7 @@ class FaultTest(ProcessTestCase):
                 args = ("now",) if round_ % 2 else ()
                 loader = self.start(*sysv, *args, stdin=subprocess.PIPE)
                 if not args:
-                    loader.stdin.write(b"now\n")
-                    loader.stdin.flush()
+                    self.type_line(loader, "now")
                 viewer = self.start(script=VIEWER)
                 time.sleep(delay)
                 loader.send_signal(signum)
@@ -996,8 +977,7 @@ class DeathTest(ProcessTestCase):
             with self.subTest(limit_mib=mib):
                 status, out, err = self.finish(self.start(script=VIEWER, preexec_fn=set_limit))
                 if status:
-                    self.assertEqual((status, out), (1, b""))
-                    self.assert_one_line(err)
+                    self.assert_failed(status, out, err)
                     said.add(err)
                 else:
                     self.assertEqual((len(out), err), (BIG + 1, ""))
@@ -1005,8 +985,7 @@ class DeathTest(ProcessTestCase):
                 self.assertEqual((status, len(out), err), (0, BIG + 1, ""))
         self.assertEqual({line.split(": ", 1)[1].strip() for line in said},
                          {"Cannot allocate memory", "not enough memory to decode the text"})
-        loader.terminate()
-        self.assertEqual(self.finish(loader)[0], 0)
+        self.stop(loader)
         self.assert_nothing_left()
 
     def test_a_viewer_killed_inside_qt_lock_blocks_nobody(self):
@@ -1045,27 +1024,7 @@ class DeathTest(ProcessTestCase):
         self.let_go(holder)
         for viewer in viewers:
             self.assertEqual(self.finish(viewer)[:2], (0, b"held\n"))
-        loader.terminate()
-        self.assertEqual(self.finish(loader)[0], 0)
-
-    def test_stop_signals_end_a_loader_behind_a_stopped_viewer(self):
-        for sysv in ((), ("--sysv",)):
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                with self.subTest(sysv=sysv, signal=signum):
-                    loader = self.start_typing(*sysv)
-                    viewer = self.viewer_stopped_holding_the_data_lock(sysv)
-                    loader.stdin.write(b"second\n")
-                    loader.stdin.flush()
-                    self.assertIn("waiting for the lock", self.wait_line(loader, stderr=True))
-                    loader.send_signal(signum)
-                    status, out, err = self.finish(loader, timeout=10)
-                    self.assertEqual((status, out), (1, b""))
-                    self.assert_one_line(err, "stopped while waiting", "not loaded")
-                    self.assertFalse(self.segment_kind(sysv).exists())  # released all it owned
-                    viewer.send_signal(signal.SIGCONT)
-                    status, out, err = self.finish(viewer)
-                    self.assertNotIn("Traceback", err)
-                    self.assert_nothing_left()
+        self.stop(loader)
 
     def test_a_loader_told_to_stop_does_not_wait_for_a_stopped_viewer(self):
         loader = self.start_loader("held")
@@ -1096,8 +1055,7 @@ class DeathTest(ProcessTestCase):
         # all zeros (README, "The original, step by step").
         self.write_segment(bytes(64))
         status, out, err = self.show()
-        self.assertEqual((status, out), (1, b""))
-        self.assert_one_line(err, "made but not written yet")
+        self.assert_failed(status, out, err, "made but not written yet")
         self.unlink_segment()
         # Written while the viewer tries again, under Qt's lock as a Qt writer would.
         writer = qt_posix_segment(self.key, 64)
@@ -1128,8 +1086,7 @@ class RulesTest(ProcessTestCase):
         self.assertEqual(os.listdir(self.tmpdir), [])
         loader = self.start_loader("--", "-")
         self.assert_shows("-")
-        loader.terminate()
-        self.assertEqual(self.finish(loader)[0], 0)
+        self.stop(loader)
 
     def test_each_kind_checks_its_own_key_limit(self):
         letters = shmcodec.MAX_SYSTEM_V_LETTERS
@@ -1140,13 +1097,11 @@ class RulesTest(ProcessTestCase):
         self.assertEqual(os.listdir(self.tmpdir), [])
         longest = ("k" * letters + "-" + self.key)[:shmcodec.MAX_KEY_BYTES]  # digits: no letters
         status, out, err = self.show(key=longest)  # POSIX allows it; System V cannot find it
-        self.assertEqual((status, out), (1, b""))
-        self.assert_one_line(err, "nothing loaded")
+        self.assert_failed(status, out, err, "nothing loaded")
         self.key = "k" * letters + f"-{os.getpid()}-{random.randrange(10 ** 8)}"  # no more letters
         loader = self.start_loader("--sysv", "longest System V key")
         self.assert_shows("longest System V key")
-        loader.terminate()
-        self.assertEqual(self.finish(loader)[0], 0)
+        self.stop(loader)
         self.assert_nothing_left()
 
     def test_a_long_line_across_reads(self):
@@ -1173,8 +1128,7 @@ class RulesTest(ProcessTestCase):
         loader = self.start_loader("there", env=dict(self.env, XDG_RUNTIME_DIR=runtime))
         self.assertEqual(os.listdir(runtime), [f"qshm-{self.key}.lock"])  # and not in TMPDIR
         self.assertFalse(os.path.exists(os.path.dirname(self.lock_path)))
-        loader.terminate()
-        self.assertEqual(self.finish(loader)[0], 0)
+        self.stop(loader)
         private = os.path.dirname(self.lock_path)
         os.mkdir(private)
         for place, env in ((runtime, dict(self.env, XDG_RUNTIME_DIR=runtime)),
@@ -1186,9 +1140,59 @@ class RulesTest(ProcessTestCase):
                         status, out, err = self.finish(self.start("x", script=script, env=env)
                                                        if script == LOADER else
                                                        self.start(script=script, env=env))
-                        self.assertEqual((status, out), (1, b""))
-                        self.assert_one_line(err, place, "may be written by others", "refusing")
+                        self.assert_failed(status, out, err, place, "may be written by others", "refusing")
                     self.assertFalse(self.segment_exists())
+
+    def test_a_stop_signal_inherited_as_ignored_stays_ignored(self):
+        # nohup starts a program with SIGHUP ignored, and a shell script's job started with &
+        # has SIGINT ignored: a hang-up, or Ctrl-C, must then not end it.
+        for ignored in (signal.SIGHUP, signal.SIGINT):
+            with self.subTest(signal=ignored):
+                loader = self.start_loader("held", preexec_fn=lambda: signal.signal(
+                    ignored, signal.SIG_IGN))
+                loader.send_signal(ignored)
+                self.assertTrue(self.still_running(loader), "an ignored signal ended it")
+                self.assert_shows("held")
+                self.stop(loader)
+                self.assert_nothing_left()
+
+    def test_the_lock_files_lines_keep_no_tail_of_a_longer_one(self):
+        # Each line is rewritten whole: "PID loaded sysv" after "PID writing sysv", an empty
+        # logbook after either, an empty Qt record after a process inside Qt's lock.
+        def lines():
+            with open(self.lock_path) as lock_file:
+                return lock_file.read()
+        loader = self.start_loader("--sysv", "held")
+        self.assertEqual(lines()[:64], f"{loader.pid} loaded sysv".ljust(63) + "\n")
+        self.stop(loader)
+        loader = self.start_loader("held")  # its turn at Qt's POSIX lock wrote the Qt record
+        self.stop(loader)
+        self.assertEqual(lines(), " " * 63 + "\n" + " " * 63 + "\n")
+
+    def test_a_logbook_that_names_an_unknown_kind_reads_as_posix(self):
+        # As a newer loader, or a broken one, might leave it: a dead loader's "loaded".
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout.strip()
+        os.makedirs(os.path.dirname(self.lock_path), mode=0o700, exist_ok=True)
+        with open(self.lock_path, "w") as lock_file:
+            lock_file.write(f"{dead} loaded quantum".ljust(63) + "\n")
+        self.write_segment(shmcodec.encode_qstring("left"))
+        status, out, err = self.show()
+        self.assertEqual((status, out), (0, b"left\n"))
+        self.assert_one_line(err, f"pid {dead}", "is gone")
+        loader = self.start_loader("next")  # clears the dead loader's POSIX segment
+        self.assertIn(f"left behind by load_shared.py (pid {dead})", self.wait_line(
+            loader, stderr=True))
+        self.stop(loader)
+        self.assert_nothing_left()
+
+    def test_an_unknown_single_dash_option_is_a_usage_error(self):
+        for script in (LOADER, VIEWER):
+            with self.subTest(os.path.basename(script)):
+                status, out, err = self.run_script("-v", script=script)
+                self.assertEqual((status, out), (2, b""))
+                self.assert_one_line(err, "unknown option -v")
+                self.assertFalse(self.segment_exists())
 
     def test_viewers_share_the_data_lock(self):
         loader = self.start_loader("shared")
@@ -1196,8 +1200,7 @@ class RulesTest(ProcessTestCase):
         self.assert_shows("shared")  # a second viewer is not kept waiting
         stopped.send_signal(signal.SIGCONT)
         self.assertEqual(self.finish(stopped)[:2], (0, b"shared\n"))
-        loader.terminate()
-        self.assertEqual(self.finish(loader)[0], 0)
+        self.stop(loader)
 
     def test_a_viewer_told_to_stop_inside_qt_lock_gives_it_back(self):
         loader = self.load_big()
@@ -1207,8 +1210,7 @@ class RulesTest(ProcessTestCase):
         status, out, err = self.finish(viewer)
         self.assertEqual((status, out), (-signal.SIGTERM, b""))  # it ends, as asked
         self.assertFalse(self.qt_lock_taken())
-        loader.terminate()
-        self.assertEqual(self.finish(loader)[0], 0)
+        self.stop(loader)
         self.assert_nothing_left()
 
     @needs_system_v
@@ -1222,8 +1224,7 @@ class RulesTest(ProcessTestCase):
         self.let_go(waiter)
         self.assertFalse(self.segment_exists())  # its POSIX segment
         self.assert_shows("next")
-        loader.terminate()
-        self.assertEqual(self.finish(loader)[0], 0)
+        self.stop(loader)
         self.assert_nothing_left()  # and its Qt lock: once nobody was inside it
 
     @needs_system_v
@@ -1258,8 +1259,7 @@ class RulesTest(ProcessTestCase):
                 else:
                     loader = self.start_forced(VANISH_AT_THE_WORST_MOMENT, LOADER, "--sysv",
                                                env=forced, stdin=subprocess.PIPE)
-                    self.type_line(loader, "first")
-                    self.assertRegex(self.wait_line(loader), "^Loaded ")
+                    self.load_line(loader, "first")
                 # A Qt program's create() takes an existing set over, and removes it at its end.
                 qt_lock = shmcodec_in(self.tmpdir, lambda: system_v.open_qt_lock(create=True))
                 qt_lock.acquire(give_up=lambda: False)
@@ -1340,8 +1340,7 @@ class QtLockProofTest(ProcessTestCase):
         self.assertEqual((status, len(out)), (0, BIG + 1))
         self.assertLess(time.monotonic() - started, 3 + 2)  # about 2 s, on a busy machine
         self.assertIn("left taken by show_shared.py (pid ", err)
-        loader.terminate()
-        self.assertEqual(self.finish(loader)[0], 0)
+        self.stop(loader)
 
     def test_a_viewer_stopped_the_moment_it_got_the_lock_keeps_it(self):
         def hold():
@@ -1433,51 +1432,6 @@ class QtLockProofTest(ProcessTestCase):
         self.assertEqual(results[2][:2], (0, b"first\n"))
         loader.stdin.close()
         self.assertNotIn("giving it back", self.finish(loader)[2] + results[2][2])
-
-    def test_every_touch_of_qt_lock_leaves_a_living_holder_inside(self):
-        # Our code opens Qt's lock, makes it (as Qt's create() does), waits for it, gives it
-        # back, and removes it; none of these lets a second process in while a Qt program is
-        # inside, of either kind.
-        for sysv in ((), ("--sysv",)):
-            with self.subTest(sysv=sysv):
-                if sysv:  # a lock that a Qt program left, and a Qt program inside it
-                    shmcodec_in(self.tmpdir, lambda: self.segment_kind(True).open_qt_lock(
-                        create=True))
-                else:
-                    self.make_qt_posix_lock()
-                holder = self.hold_qt_lock(sysv=bool(sysv))
-                waiter = self.lock_peer("hold", sysv=bool(sysv))  # another Qt program in line
-                with self.one_at_a_time(bool(sysv)):
-                    loader = self.start(*sysv, "ours")  # create(): it keeps the lock there
-                    self.assertIn("waiting for Qt's lock", self.wait_line(loader, stderr=True))
-                    self.assertTrue(self.still_running(loader, 2), "it wrote while Qt was inside")
-                    started = time.monotonic()
-                    loader.terminate()  # it quits, and removes Qt's lock only while holding it
-                    status, out, err = self.finish(loader)
-                    self.assertLess(time.monotonic() - started, 2)  # within a second, as every wait
-                    self.assertEqual((status, out), (1, b""))
-                    self.assertIn("stopped while waiting for Qt's lock", err)
-                    self.assertIn("is held by another process; leaving it in place", err)
-                    self.assertTrue(self.still_running(waiter, 1), "the waiter was let in")
-                    self.let_go(holder)
-                    self.assertEqual(self.wait_line(waiter), "inside\n")
-                    self.let_go(waiter)
-                self.assertEqual(self.semaphore_value(bool(sysv)), 1)  # left in place, free
-                # At the end of input, a loader waits for the holder, to remove its lock.
-                loader = self.start_typing(*sysv)
-                holder = self.hold_qt_lock(sysv=bool(sysv))
-                with self.one_at_a_time(bool(sysv)):
-                    loader.stdin.close()
-                    self.assertIn("waiting for Qt's lock", self.wait_line(loader, stderr=True))
-                    waiter = self.lock_peer("hold", sysv=bool(sysv))  # in line behind it
-                    self.assertTrue(self.still_running(loader, 1))
-                    self.let_go(holder)
-                    # The waiter gets in before the loader (then the loader waits for it
-                    # too), or after: by the lock given back, or its set gone.
-                    self.assertEqual(self.wait_line(waiter), "inside\n")
-                    self.let_go(waiter)
-                    self.assertEqual(self.finish(loader)[0], 0)
-                self.assert_nothing_left()
 
     def test_a_free_lock_with_a_qt_program_on_its_way_in_is_kept(self):
         # A Qt program is woken for a lock given back, and will take it at its next step: the
@@ -1572,52 +1526,6 @@ class ReplacementTest(ProcessTestCase):
     either kind; the loader says so in one line and goes on with the next line. Our
     viewers, and a Qt program, read the old text throughout."""
 
-    def assert_qt_reads(self, text, sysv=False, prefix=()):
-        """A PySide6 reader of our key reads text (where there is a Python with PySide6;
-        with QT_TESTS_REQUIRED, there must be)."""
-        python = python_with("PySide6", "QT6_PYTHON")
-        if not python:
-            if os.environ.get("QT_TESTS_REQUIRED"):
-                self.fail("QT_TESTS_REQUIRED is set, but there is no Python with PySide6")
-            return
-        result = subprocess.run([*prefix, python, "-c", QT_PEER, "PySide6",
-                                 "legacy" if sysv else "safe", self.key, "read"],
-                                capture_output=True, env=self.env, timeout=TIMEOUT)
-        self.assertEqual((result.returncode, result.stdout.decode()), (0, ascii(text) + "\n"),
-                         result.stderr)
-
-    def assert_old_text_stays(self, loader, line, why, sysv=(), prefix=()):
-        """Type line into loader, which cannot load it (why: words of the reason); the old
-        text, "first", stays for our viewer and for Qt; the next line loads; and at the
-        end of input the loader says that a line was not loaded (exit 1)."""
-        self.type_line(loader, line)
-        said = self.wait_line(loader, stderr=True)
-        self.assertRegex(said, r"^load_shared.py: that line was not loaded: .*; the old text "
-                               r"stays\n$")
-        self.assertIn(why, said)
-        status, out, err = self.run_script(script=VIEWER, prefix=prefix)
-        self.assertEqual((status, out, err), (0, b"first\n", ""))
-        self.assert_qt_reads("first", bool(sysv), prefix)
-        self.type_line(loader, "next")
-        self.assertRegex(self.wait_line(loader), "^Loaded ")
-        self.assertEqual(self.run_script(script=VIEWER, prefix=prefix)[:2], (0, b"next\n"))
-        loader.stdin.close()
-        status, out, err = self.finish(loader)
-        self.assertEqual(status, 1, err)
-        self.assertNotIn("Traceback", err)
-        self.assert_nothing_left()
-
-    def typing_loader(self, *args, limit=None, prefix=()):
-        """An interactive load_shared.py (after prefix), with a resource limit (resource,
-        bytes), that has loaded "first"."""
-        def set_limit():
-            if limit:
-                resource.setrlimit(limit[0], (limit[1], limit[1]))
-        loader = self.start(*args, stdin=subprocess.PIPE, preexec_fn=set_limit, prefix=prefix)
-        self.type_line(loader, "first")
-        self.assertRegex(self.wait_line(loader), "^Loaded ")
-        return loader
-
     def test_a_segment_over_the_file_size_limit(self):
         # tmpfs obeys RLIMIT_FSIZE: ftruncate fails with EFBIG (prlimit --fsize).
         loader = self.typing_loader(limit=(resource.RLIMIT_FSIZE, 1_000_000))
@@ -1656,28 +1564,6 @@ class ReplacementTest(ProcessTestCase):
         self.assert_old_text_stays(loader, "y" * (5 << 20), "No space left on device",
                                    prefix=inside)
 
-    def base_size(self, *args):
-        """The address space that a loader uses once it has loaded a short line (bytes)."""
-        loader = self.start(*args, stdin=subprocess.PIPE)
-        self.type_line(loader, "first")
-        self.assertRegex(self.wait_line(loader), "^Loaded ")
-        with open(f"/proc/{loader.pid}/status") as status:
-            size = next(int(line.split()[1]) << 10 for line in status if line.startswith("VmSize"))
-        loader.stdin.close()
-        self.finish(loader)
-        return size
-
-    def test_no_memory_to_encode_the_text(self):
-        # A line of N characters: read and decoded in 2N bytes, encoded in 2N more.
-        n = 30 << 20
-        for sysv in ((), ("--sysv",)):
-            with self.subTest(sysv=sysv):
-                limit = self.base_size(*sysv) + 3 * n
-                loader = self.typing_loader(*sysv, limit=(resource.RLIMIT_AS, limit))
-                self.assert_old_text_stays(loader, "y" * n, "not enough memory for the text",
-                                           sysv)
-
-    @needs_system_v
     def test_no_address_space_to_attach_a_system_v_segment(self):
         # Encoded in 4N bytes, it fits; attached (shmat), 2N more do not: ENOMEM.
         n = 30 << 20
@@ -1719,8 +1605,7 @@ class ReplacementTest(ProcessTestCase):
         self.assertEqual(self.run_script(script=VIEWER, prefix=inside), (0, b"first\n", ""))
         self.assert_qt_reads("first", True, inside)
         subprocess.run([*inside, "sh", "-c", "echo 16 > /proc/sys/kernel/shmmni"], check=True)
-        self.type_line(loader, "next")
-        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        self.load_line(loader, "next")
         self.assertEqual(self.run_script(script=VIEWER, prefix=inside)[:2], (0, b"next\n"))
         loader.stdin.close()
         self.assertEqual(self.finish(loader)[0], 1)
@@ -1750,8 +1635,7 @@ class ReplacementTest(ProcessTestCase):
         second = self.start_loader("next")  # it clears what the dead one left
         self.assertFalse(os.path.exists(unfinished))
         self.assert_shows("next")
-        second.terminate()
-        self.assertEqual(self.finish(second)[0], 0)
+        self.stop(second)
         self.assert_nothing_left()
 
     def test_a_reader_that_attaches_before_it_locks_never_finds_the_key_empty(self):
@@ -1769,8 +1653,7 @@ class ReplacementTest(ProcessTestCase):
         reader = self.start_command([sys.executable, "-c", code, f"/{self.key}", done])
         self.assertEqual(self.wait_line(reader), "ready\n")
         for n in range(300):  # while it looks
-            self.type_line(loader, f"text {n}")
-            self.assertRegex(self.wait_line(loader), "^Loaded ")
+            self.load_line(loader, f"text {n}")
         open(done, "w").close()
         status, out, err = self.finish(reader)
         self.assertEqual((status, out), (0, b"0\n"), err)
@@ -1781,7 +1664,289 @@ class ReplacementTest(ProcessTestCase):
 QUIET_LINE = "    signal.signal(signal.SIGINT, signal.SIG_DFL)"
 
 
-class TwoUsersTest(ProcessTestCase):
+class EachKindTests:
+    """Tests that run for each kind of segment, as QtPeerTests runs for Qt 5 and Qt 6: for
+    the POSIX segment /KEY (PosixKindTest) and for Qt's System V segment (SystemVKindTest,
+    with load_shared.py --sysv)."""
+    sysv = None  # the loader's options for the kind: () or ("--sysv",)
+
+    def kind(self):
+        return self.segment_kind(bool(self.sysv))
+
+    def make_foreign_segment(self, data):
+        """A segment under our key, made and written by hand, as a Qt program (or a vandal)
+        would, and left there (a System V one with nobody attached)."""
+        if not self.sysv:
+            if data:
+                self.write_segment(data)
+            else:  # SharedMemory will not make a 0-byte segment; shm_open will
+                os.close(_posixshmem.shm_open("/" + self.key, os.O_CREAT | os.O_RDWR, 0o600))
+            return
+        segment = self.kind().make(len(data))
+        segment.buf[:len(data)] = data
+        segment.close()
+
+    def foreign_segment_bytes(self):
+        segment = self.kind().attach()
+        try:
+            return bytes(segment.buf)
+        finally:
+            segment.close()
+
+    def test_texts_round_trip_and_nothing_is_left(self):
+        for text in ("hello", "Grüße, ça va? Ωμέγα", "😀 and 𝄞", "tab\there", "two\nlines", ""):
+            with self.subTest(text=text):
+                loader = self.start_loader(*self.sysv, text)
+                self.assert_shows(text)
+                if self.sysv:
+                    status = shmcodec.shm_status(self.kind().shmid())
+                    self.assertEqual((status.nattch, status.mode & 0o777, status.cpid),
+                                     (1, 0o600, loader.pid))  # the loader stays attached
+                    self.assertEqual(os.stat(self.kind().key_file.path).st_mode & 0o777, 0o640)
+                self.stop(loader)
+                self.assert_nothing_left()
+
+    def test_lines_replace_the_text(self):
+        loader = self.start(*self.sysv, stdin=subprocess.PIPE)
+        for text in ("first", "a longer second text", "3", "", "fünf 😀"):
+            self.type_line(loader, text)
+            self.assertEqual(self.wait_line(loader), f"Loaded {len(shmcodec.encode_qstring(text))} "
+                                                     f"bytes into {self.kind().label}\n")
+            self.assert_shows(text)
+        loader.stdin.close()  # end of input: release and exit 0
+        self.assertEqual(self.finish(loader)[:2], (0, b""))
+        self.assert_nothing_left()
+
+    def test_sigkill_while_holding_does_not_block_the_next_run(self):
+        loader = self.start_loader(*self.sysv, "survivor")
+        loader.kill()
+        loader.wait()
+        if self.sysv:
+            self.assertEqual(self.kind().attached_count(), 0)  # an orphan: nobody attached
+        status, out, err = self.show()  # still shows the text, and says its loader is gone
+        self.assertEqual((status, out), (0, b"survivor\n"))
+        self.assert_one_line(err, "gone", f"pid {loader.pid}")
+        self.assertTrue(self.kind().exists())
+        second = self.start_loader(*self.sysv, "next")
+        self.assertIn(f"left behind by load_shared.py (pid {loader.pid})",
+                      second.stderr.readline().decode())
+        self.assert_shows("next")
+        self.stop(second, signal.SIGHUP)
+        self.assert_nothing_left()
+
+    def test_garbage_segments_are_reported_and_left_alone(self):
+        rng = random.Random(3)
+        cases = {
+            "random bytes": (bytes(rng.randrange(256) for _ in range(64)), "holds no QString"),
+            "count past the end": (bytes.fromhex("0000fffe00410042"), "past the end"),
+            "odd count": (bytes.fromhex("000000070041"), "odd byte count 7"),
+            "3 bytes": (b"\0\0\0", "cut short"),
+            "0 bytes": (b"", "0 of 4 bytes"),  # (a System V segment has a byte at least)
+        }
+        for name, (data, words) in cases.items():
+            if self.sysv and not data:
+                continue
+            with self.subTest(name):
+                self.addCleanup(self.kind().remove)
+                self.make_foreign_segment(data)
+                status, out, err = self.show()
+                self.assert_failed(status, out, err, words, self.kind().label)
+                status, out, err = self.show("--hex")  # the bytes, and what is wrong
+                self.assertEqual(status, 1)
+                if len(data) >= 4:
+                    self.assertIn(f"00000000  {data[:2].hex()} {data[2:4].hex()}", out.decode())
+                self.assertEqual(self.foreign_segment_bytes(), data)  # untouched
+                self.kind().remove()
+
+    def test_hex_says_what_and_where(self):
+        loader = self.start_loader(*self.sysv, "Grüße 😀\nb")
+        status, out, err = self.show("--hex")
+        self.assertEqual((status, err), (0, ""))
+        lines = out.decode().splitlines()
+        if self.sysv:
+            shmid = self.kind().shmid()
+            ipc_key = shmcodec.shm_status(shmid).ipc_key
+            where = [f"segment    {self.key} (System V), 24 bytes: shmid {shmid}, IPC key "
+                     f"0x{ipc_key:08x} (ipcs -m lists it)",
+                     f"key file   {self.kind().key_file.path}",
+                     f"attached   2 processes, this one included; made by pid {loader.pid} (alive)"]
+            self.assertTrue(lines[0].split("IPC key 0x")[1].startswith("51"))  # ftok(file, 'Q')
+        else:
+            where = [f"segment    /{self.key} = /dev/shm/{self.key}, 24 bytes"]
+        self.assertEqual(lines[:len(where)], where)
+        self.assertEqual(lines[len(where):], [
+            f"lock file  {self.lock_path}",
+            f"owner      load_shared.py pid {loader.pid}, alive",
+            "count      00000014 = 20 bytes = 10 UTF-16 code units",
+            "00000004  0047 0072 00fc 00df 0065 0020 d83d de00  Grüße 😀",
+            "00000014  000a 0062                                \\nb"])
+
+    # POSIX: our turn at Qt's lock (an fcntl lock), then the semaphore; System V: the
+    # semaphore alone.
+    QT_LOCK = {(): ["lock(), Qt's half"] * 2, ("--sysv",): ["lock(), Qt's half"]}
+    QT_UNLOCK = {(): ["unlock(), Qt's half"] * 2, ("--sysv",): ["unlock(), Qt's half"]}
+
+    def load_steps(self, sysv):  # POSIX: made under a temporary name, then put in place
+        return ["our lock file", "own the key", "own the key", "logbook", "own the key",
+                "Qt's lock", "QDataStream << text", "lock(), our half", *self.QT_LOCK[sysv],
+                "logbook", "create(14)", "memcpy(to, from, size)",
+                "logbook" if sysv else "put in place", *self.QT_UNLOCK[sysv],
+                "unlock(), our half"]
+
+    def release_steps(self, sysv):  # Qt's lock is removed while we hold it
+        return ["release", "detach()", "remove", "logbook", *self.QT_LOCK[sysv], "Qt's lock",
+                *(["unlock(), Qt's half"] * 2 + ["Qt's lock"] if not sysv else []), "release"]
+
+    def show_steps(self, sysv):  # a System V semaphore is used by its id: nothing to close
+        return ["our lock file", "lock(), our half", "attach(): which kind?", "Qt's lock",
+                *self.QT_LOCK[sysv], "attach()", "QDataStream >> text", "detach()",
+                *self.QT_UNLOCK[sysv], *(["Qt's lock"] if not sysv else []),
+                "unlock(), our half"]
+
+    def steps(self, err, script):
+        """The step names that script told, in order (the column after "script: ")."""
+        return [line[len(script) + 2:][:24].rstrip() for line in err.splitlines()
+                if line.startswith(script + ": ") and line[len(script) + 2:][:24].strip()
+                and len(line) > len(script) + 27]
+
+    def test_sigkill_while_writing_shows_no_half_text(self):
+        self.kill_while_writing(*self.sysv)
+        status, out, err = self.show()  # at once: it does not wait for Qt's lock
+        self.assertEqual((status, out), (1, b""))
+        # System V: its segment may hold half a text. POSIX: none is under the key.
+        self.assert_one_line(err, "died while writing" if self.sysv else "nothing loaded")
+        second = self.start_loader(*self.sysv, "whole")
+        self.assert_shows("whole")
+        second.send_signal(signal.SIGINT)
+        self.assertEqual(self.finish(second)[0], 0)
+        self.assert_nothing_left()
+
+
+    def test_stop_signals_end_a_loader_behind_a_stopped_viewer(self):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            with self.subTest(signal=signum):
+                loader = self.start_typing(*self.sysv)
+                viewer = self.viewer_stopped_holding_the_data_lock(self.sysv)
+                loader.stdin.write(b"second\n")
+                loader.stdin.flush()
+                self.assertIn("waiting for the lock", self.wait_line(loader, stderr=True))
+                loader.send_signal(signum)
+                status, out, err = self.finish(loader, timeout=10)
+                self.assertEqual((status, out), (1, b""))
+                self.assert_one_line(err, "stopped while waiting", "not loaded")
+                self.assertFalse(self.segment_kind(self.sysv).exists())  # released all it owned
+                viewer.send_signal(signal.SIGCONT)
+                status, out, err = self.finish(viewer)
+                self.assertNotIn("Traceback", err)
+                self.assert_nothing_left()
+
+
+    def test_load_and_show_tell_their_steps_in_order(self):
+        loader = self.start_loader("--verbose", *self.sysv, "Hello")
+        status, out, err = self.show("--verbose")
+        self.assertEqual((status, out), (0, b"Hello\n"))  # stdout as without it
+        self.assertEqual(self.steps(err, "show_shared.py"), self.show_steps(self.sysv))
+        self.assertIn("shmat(SHM_RDONLY)" if self.sysv else "shm_open(O_RDONLY) + mmap", err)
+        loader.send_signal(signal.SIGINT)
+        status, out, err = self.finish(loader)
+        self.assertEqual((status, out), (0, b""))
+        self.assertEqual(self.steps(err, "load_shared.py"),
+                         self.load_steps(self.sysv) + self.release_steps(self.sysv))
+        tag = "sysv" if self.sysv else "posix"
+        self.assertEqual([line.split(maxsplit=2)[2].split(" in our")[0]
+                          for line in err.splitlines() if " logbook " in line],
+                         ["(empty)", *([f"{loader.pid} writing {tag}"] if self.sysv else []),
+                          f"{loader.pid} loaded {tag}", "(empty)"])
+        self.assertIn("shmctl(IPC_RMID)" if self.sysv else "shm_unlink", err)
+        self.assert_nothing_left()
+
+
+    def test_loader_says_it_waits_for_a_stopped_viewer(self):
+        loader = self.start_typing(*self.sysv)
+        viewer = self.viewer_stopped_holding_the_data_lock(self.sysv)
+        loader.stdin.write(b"second\n")
+        loader.stdin.flush()
+        started = time.monotonic()
+        said = self.wait_line(loader, stderr=True)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertIn(f"waiting for the lock on key {self.key!r}", said)
+        self.assertIn(f"held by show_shared.py (pid {viewer.pid})", said)
+        self.assertTrue(self.still_running(loader))  # it goes on waiting
+        viewer.send_signal(signal.SIGCONT)
+        self.assertEqual(self.finish(viewer)[:2], (0, b"first\n"))
+        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        self.assert_shows("second")
+        loader.stdin.close()
+        self.assertEqual(self.finish(loader)[0], 0)
+        self.assert_nothing_left()
+
+
+
+    def test_every_touch_of_qt_lock_leaves_a_living_holder_inside(self):
+        # Our code opens Qt's lock, makes it (as Qt's create() does), waits for it, gives it
+        # back, and removes it; none of these lets a second process in while a Qt program is
+        # inside, of either kind.
+        if self.sysv:  # a lock that a Qt program left, and a Qt program inside it
+            shmcodec_in(self.tmpdir, lambda: self.segment_kind(True).open_qt_lock(
+                create=True))
+        else:
+            self.make_qt_posix_lock()
+        holder = self.hold_qt_lock(sysv=bool(self.sysv))
+        waiter = self.lock_peer("hold", sysv=bool(self.sysv))  # another Qt program in line
+        with self.one_at_a_time(bool(self.sysv)):
+            loader = self.start(*self.sysv, "ours")  # create(): it keeps the lock there
+            self.assertIn("waiting for Qt's lock", self.wait_line(loader, stderr=True))
+            self.assertTrue(self.still_running(loader, 2), "it wrote while Qt was inside")
+            started = time.monotonic()
+            loader.terminate()  # it quits, and removes Qt's lock only while holding it
+            status, out, err = self.finish(loader)
+            self.assertLess(time.monotonic() - started, 2)  # within a second, as every wait
+            self.assertEqual((status, out), (1, b""))
+            self.assertIn("stopped while waiting for Qt's lock", err)
+            self.assertIn("is held by another process; leaving it in place", err)
+            self.assertTrue(self.still_running(waiter, 1), "the waiter was let in")
+            self.let_go(holder)
+            self.assertEqual(self.wait_line(waiter), "inside\n")
+            self.let_go(waiter)
+        self.assertEqual(self.semaphore_value(bool(self.sysv)), 1)  # left in place, free
+        # At the end of input, a loader waits for the holder, to remove its lock.
+        loader = self.start_typing(*self.sysv)
+        holder = self.hold_qt_lock(sysv=bool(self.sysv))
+        with self.one_at_a_time(bool(self.sysv)):
+            loader.stdin.close()
+            self.assertIn("waiting for Qt's lock", self.wait_line(loader, stderr=True))
+            waiter = self.lock_peer("hold", sysv=bool(self.sysv))  # in line behind it
+            self.assertTrue(self.still_running(loader, 1))
+            self.let_go(holder)
+            # The waiter gets in before the loader (then the loader waits for it
+            # too), or after: by the lock given back, or its set gone.
+            self.assertEqual(self.wait_line(waiter), "inside\n")
+            self.let_go(waiter)
+            self.assertEqual(self.finish(loader)[0], 0)
+        self.assert_nothing_left()
+
+
+    def test_no_memory_to_encode_the_text(self):
+        # A line of N characters: read and decoded in 2N bytes, encoded in 2N more.
+        n = 30 << 20
+        limit = self.base_size(*self.sysv) + 3 * n
+        loader = self.typing_loader(*self.sysv, limit=(resource.RLIMIT_AS, limit))
+        self.assert_old_text_stays(loader, "y" * n, "not enough memory for the text",
+                                   self.sysv)
+
+
+class PosixKindTest(EachKindTests, ProcessTestCase):
+    """EachKindTests for the POSIX segment /KEY, Qt 6's platformSafeKey."""
+    sysv = ()
+
+
+@needs_system_v
+class SystemVKindTest(EachKindTests, ProcessTestCase):
+    """EachKindTests for Qt's System V segment: the article's plain key, Qt 5's."""
+    sysv = ("--sysv",)
+
+
+class TwoUsersCase(ProcessTestCase):
     """Two real users on one machine, as in a classroom lab: made for these tests (they
     need root), removed after them. They run a copy of the scripts that they may read,
     with the system's Python (root's pyenv may be closed to them), and share a temporary
@@ -1827,13 +1992,8 @@ class TwoUsersTest(ProcessTestCase):
 
     def as_user(self, user, script, *args, stdin=subprocess.DEVNULL):
         """Start script as user, in the background."""
-        process = subprocess.Popen(
-            [*self.as_(user), self.python, os.path.join(self.scripts, script), "--key", self.key,
-             *args],
-            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=self.env, cwd=self.scripts)
-        self.processes.append(process)
-        return process
+        return self.start_command([*self.as_(user), self.python, os.path.join(self.scripts, script),
+                                   "--key", self.key, *args], stdin=stdin, cwd=self.scripts)
 
     def load_as(self, user, *args):
         loader = self.as_user(user, "load_shared.py", *args)
@@ -1843,35 +2003,10 @@ class TwoUsersTest(ProcessTestCase):
     def run_as(self, user, script, *args):
         return self.finish(self.as_user(user, script, *args))
 
-    def test_users_take_turns(self):
-        a, b = self.users
-        for sysv in ((), ("--sysv",)):
-            for user in (a, b, b, a):
-                with self.subTest(sysv=sysv, user=user.pw_name):
-                    loader = self.load_as(user, *sysv, f"from {user.pw_name}")
-                    self.assertEqual(self.run_as(user, "show_shared.py"),
-                                     (0, f"from {user.pw_name}\n".encode(), ""))
-                    loader.terminate()
-                    status, out, err = self.finish(loader)
-                    self.assertEqual(status, 0)
-                    self.assertEqual(len(err.splitlines()), 1, err)  # "holding ...", no more
-                    self.assert_nothing_left()
 
-    def test_a_clash_names_the_other_user(self):
-        for sysv in ((), ("--sysv",)):
-            for owner, other in (self.users, self.users[::-1]):
-                with self.subTest(sysv=sysv, owner=owner.pw_name):
-                    loader = self.load_as(owner, *sysv, "mine")
-                    for script, args in (("load_shared.py", (*sysv, "theirs")),
-                                         ("load_shared.py", (*sysv, "--replace", "theirs")),
-                                         ("show_shared.py", ())):
-                        status, out, err = self.run_as(other, script, *args)
-                        self.assertEqual((status, out), (1, b""))
-                        self.assert_one_line(err, "segment ", f"belongs to user {owner.pw_name}")
-                    self.assertEqual(self.run_as(owner, "show_shared.py"), (0, b"mine\n", ""))
-                    loader.terminate()
-                    self.assertEqual(self.finish(loader)[0], 0)
-                    self.assert_nothing_left()
+
+class TwoUsersTest(TwoUsersCase):
+    """What two users on one machine see of each other's segments, locks and files."""
 
     def test_another_users_qt_lock_alone_is_refused_too(self):
         a, b = self.users
@@ -1879,14 +2014,9 @@ class TwoUsersTest(ProcessTestCase):
             with self.subTest(kind):
                 # A program of a's made Qt's lock for the key, and died without removing it.
                 code = f"import shmcodec; shmcodec.{kind}({self.key!r}).open_qt_lock(create=True)"
-                maker = subprocess.Popen(
-                    ["setpriv", f"--reuid={a.pw_uid}", f"--regid={a.pw_gid}", "--init-groups",
-                     self.python, "-c", code], env=self.env, cwd=self.scripts)
-                self.processes.append(maker)
-                self.assertEqual(maker.wait(TIMEOUT), 0)
+                self.assertEqual(self.as_python(a, code), 0)
                 status, out, err = self.run_as(b, "load_shared.py", *sysv, "--replace", "mine")
-                self.assertEqual((status, out), (1, b""))
-                self.assert_one_line(err, "Qt's lock", f"belongs to user {a.pw_name}")
+                self.assert_failed(status, out, err, "Qt's lock", f"belongs to user {a.pw_name}")
                 theirs = shmcodec_in(self.tmpdir, functools.partial(getattr(shmcodec, kind),
                                                                    self.key))
                 self.assertEqual({owned.uid for owned in theirs.owners()}, {a.pw_uid})  # untouched
@@ -1916,8 +2046,7 @@ class TwoUsersTest(ProcessTestCase):
                 for script in ("load_shared.py", "show_shared.py"):
                     status, out, err = self.run_as(a, script, "text")[:3] \
                         if script == "load_shared.py" else self.run_as(a, script)
-                    self.assertEqual((status, out), (1, b""))
-                    self.assert_one_line(err, place, "refusing")
+                    self.assert_failed(status, out, err, place, "refusing")
                 after = os.lstat(place)
                 self.assertEqual((after.st_mode, after.st_uid, after.st_mtime_ns),
                                  (before.st_mode, before.st_uid, before.st_mtime_ns))
@@ -1927,11 +2056,8 @@ class TwoUsersTest(ProcessTestCase):
 
     def as_python(self, user, code):
         """Run Python code as user, with shmcodec at hand; return its exit status."""
-        process = subprocess.Popen(
-            ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
-             self.python, "-c", code], env=self.env, cwd=self.scripts)
-        self.processes.append(process)
-        return process.wait(TIMEOUT)
+        return self.finish(self.start_command([*self.as_(user), self.python, "-c", code],
+                                              cwd=self.scripts))[0]
 
     def plant(self, user, path, make):
         """make(path) as root, then give it to user, as if they had put it there."""
@@ -1984,9 +2110,7 @@ class TwoUsersTest(ProcessTestCase):
         self.addCleanup(lambda: (theirs.close(), other.remove()))
         theirs.buf[:14] = shmcodec.encode_qstring("other")
         loader = self.as_user(b, "load_shared.py", "--sysv", stdin=subprocess.PIPE)
-        loader.stdin.write(b"first\n")
-        loader.stdin.flush()
-        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        self.load_line(loader, "first")
         own = self.segment_kind(sysv=True)
         first_shmid = own.shmid()
         # Mallory swaps b's key file for a symlink to the other program's (in a sticky
@@ -1996,8 +2120,7 @@ class TwoUsersTest(ProcessTestCase):
         loader.stdin.write(b"second\n")
         loader.stdin.close()
         status, out, err = self.finish(loader)
-        self.assertEqual((status, out), (1, b""))
-        self.assert_one_line(err, own.key_file.path, "symlink")
+        self.assert_failed(status, out, err, own.key_file.path, "symlink")
         self.assertEqual(bytes(theirs.buf[:14]), shmcodec.encode_qstring("other"))
         self.assertEqual(other.attached_count(), 1)  # still there, untouched
         self.assertNotIn(("shm", first_shmid), system_v_objects())  # b's own was removed
@@ -2005,16 +2128,13 @@ class TwoUsersTest(ProcessTestCase):
         os.unlink(own.key_file.path)
         # The same with a regular file of Mallory's in its place: never a key of ours.
         loader = self.as_user(b, "load_shared.py", "--sysv", stdin=subprocess.PIPE)
-        loader.stdin.write(b"first\n")
-        loader.stdin.flush()
-        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        self.load_line(loader, "first")
         os.unlink(own.key_file.path)
         before = self.plant(a, own.key_file.path, lambda p: open(p, "w").close())
         loader.stdin.write(b"second\n")
         loader.stdin.close()
         status, out, err = self.finish(loader)
-        self.assertEqual((status, out), (1, b""))
-        self.assert_one_line(err, own.key_file.path, f"belongs to user {a.pw_name}")
+        self.assert_failed(status, out, err, own.key_file.path, f"belongs to user {a.pw_name}")
         self.assertEqual(os.lstat(own.key_file.path).st_ino, before.st_ino)
         self.assertEqual(self.system_v_left(), {("shm", other.shmid())})  # b's are gone
 
@@ -2029,8 +2149,7 @@ class TwoUsersTest(ProcessTestCase):
                         if who == "root" else self.run_as(b, "load_shared.py", *second, "mine")
                     self.assertEqual((status, out), (1, b""), who)
                     self.assert_one_line(err, kind, f"belongs to user {a.pw_name}")
-                loader.terminate()
-                self.assertEqual(self.finish(loader)[0], 0)
+                self.stop(loader)
                 self.assert_nothing_left()
         # Your own text is never hidden behind another user's segment of the other kind.
         loader = self.load_as(b, "--sysv", "mine")
@@ -2060,15 +2179,13 @@ class TwoUsersTest(ProcessTestCase):
                 subprocess.run(command, shell=True, check=True)
                 loader = self.load_as(b, *sysv, "mine")
                 self.assertEqual(self.run_as(b, "show_shared.py"), (0, b"mine\n", ""))
-                loader.terminate()
-                self.assertEqual(self.finish(loader)[0], 0)
+                self.stop(loader)
                 self.assert_nothing_left()
 
     def test_an_ordinary_user_never_robs_a_holder_and_proves_only_its_own_deaths(self):
         a, b = self.users
         loader = self.as_user(a, "load_shared.py", stdin=subprocess.PIPE)
-        self.type_line(loader, "first")
-        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        self.load_line(loader, "first")
         for who, options in (("a's own, made non-dumpable (as a setuid program is)",
                               ("--nondumpable",)), ("root's", ())):
             with self.subTest(f"a living Qt program of {who} inside a's lock"):
@@ -2089,13 +2206,11 @@ class TwoUsersTest(ProcessTestCase):
             self.assertIn(f"rm /dev/shm/sem.{self.key}", said)
             self.assertTrue(self.still_running(viewer, 3), "an ordinary user took a guess for a proof")
             viewer.kill()  # what the line says: quit what uses the key, remove the lock
-            loader.terminate()
-            self.assertEqual(self.finish(loader)[0], 0)
+            self.stop(loader)
             subprocess.run([*self.as_(a), "rm", f"/dev/shm/sem.{self.key}"], check=True)
             loader = self.load_as(a, "again")
             self.assertEqual(self.run_as(a, "show_shared.py"), (0, b"again\n", ""))
-            loader.terminate()
-            self.assertEqual(self.finish(loader)[0], 0)
+            self.stop(loader)
             self.assert_nothing_left()
         with self.subTest("a's own viewer, killed inside a's lock: proven dead at once"):
             with tempfile.TemporaryFile() as source:
@@ -2110,8 +2225,7 @@ class TwoUsersTest(ProcessTestCase):
             self.assertEqual((status, len(out)), (0, BIG + 1))
             self.assertIn(f"left taken by show_shared.py (pid {viewer.pid}), which died inside it",
                           err)
-            loader.terminate()
-            self.assertEqual(self.finish(loader)[0], 0)
+            self.stop(loader)
             self.assert_nothing_left()
 
     def test_a_fifo_in_the_segments_place_is_one_line_for_everyone(self):
@@ -2122,8 +2236,48 @@ class TwoUsersTest(ProcessTestCase):
                 status, out, err = self.finish(self.start(script=VIEWER), timeout=10) \
                     if who == "root" else self.run_as(a if who == a.pw_name else b,
                                                       "show_shared.py")
-                self.assertEqual((status, out), (1, b""))
-                self.assert_one_line(err, f"/{self.key}")
+                self.assert_failed(status, out, err, f"/{self.key}")
+
+
+class TwoUsersEachKindTests:
+    """Two users take turns under one key, and never touch each other's, for each kind."""
+    sysv = None
+
+    def test_users_take_turns(self):
+        a, b = self.users
+        for user in (a, b, b, a):
+            with self.subTest(user=user.pw_name):
+                loader = self.load_as(user, *self.sysv, f"from {user.pw_name}")
+                self.assertEqual(self.run_as(user, "show_shared.py"),
+                                 (0, f"from {user.pw_name}\n".encode(), ""))
+                loader.terminate()
+                status, out, err = self.finish(loader)
+                self.assertEqual(status, 0)
+                self.assertEqual(len(err.splitlines()), 1, err)  # "holding ...", no more
+                self.assert_nothing_left()
+
+
+    def test_a_clash_names_the_other_user(self):
+        for owner, other in (self.users, self.users[::-1]):
+            with self.subTest(owner=owner.pw_name):
+                loader = self.load_as(owner, *self.sysv, "mine")
+                for script, args in (("load_shared.py", (*self.sysv, "theirs")),
+                                     ("load_shared.py", (*self.sysv, "--replace", "theirs")),
+                                     ("show_shared.py", ())):
+                    status, out, err = self.run_as(other, script, *args)
+                    self.assert_failed(status, out, err, "segment ", f"belongs to user {owner.pw_name}")
+                self.assertEqual(self.run_as(owner, "show_shared.py"), (0, b"mine\n", ""))
+                self.stop(loader)
+                self.assert_nothing_left()
+
+
+class PosixTwoUsersTest(TwoUsersEachKindTests, TwoUsersCase):
+    sysv = ()
+
+
+@needs_system_v
+class SystemVTwoUsersTest(TwoUsersEachKindTests, TwoUsersCase):
+    sysv = ("--sysv",)
 
 
 class VerboseTest(ProcessTestCase):
@@ -2131,55 +2285,6 @@ class VerboseTest(ProcessTestCase):
 
     # The logbook says "writing" for as long as the loader may hold Qt's lock, so that the
     # next loader knows whether a dead one left it taken.
-    # POSIX: our turn at Qt's lock (an fcntl lock), then the semaphore; System V: the
-    # semaphore alone.
-    QT_LOCK = {(): ["lock(), Qt's half"] * 2, ("--sysv",): ["lock(), Qt's half"]}
-    QT_UNLOCK = {(): ["unlock(), Qt's half"] * 2, ("--sysv",): ["unlock(), Qt's half"]}
-
-    def load_steps(self, sysv):  # POSIX: made under a temporary name, then put in place
-        return ["our lock file", "own the key", "own the key", "logbook", "own the key",
-                "Qt's lock", "QDataStream << text", "lock(), our half", *self.QT_LOCK[sysv],
-                "logbook", "create(14)", "memcpy(to, from, size)",
-                "logbook" if sysv else "put in place", *self.QT_UNLOCK[sysv],
-                "unlock(), our half"]
-
-    def release_steps(self, sysv):  # Qt's lock is removed while we hold it
-        return ["release", "detach()", "remove", "logbook", *self.QT_LOCK[sysv], "Qt's lock",
-                *(["unlock(), Qt's half"] * 2 + ["Qt's lock"] if not sysv else []), "release"]
-
-    def show_steps(self, sysv):  # a System V semaphore is used by its id: nothing to close
-        return ["our lock file", "lock(), our half", "attach(): which kind?", "Qt's lock",
-                *self.QT_LOCK[sysv], "attach()", "QDataStream >> text", "detach()",
-                *self.QT_UNLOCK[sysv], *(["Qt's lock"] if not sysv else []),
-                "unlock(), our half"]
-
-    def steps(self, err, script):
-        """The step names that script told, in order (the column after "script: ")."""
-        return [line[len(script) + 2:][:24].rstrip() for line in err.splitlines()
-                if line.startswith(script + ": ") and line[len(script) + 2:][:24].strip()
-                and len(line) > len(script) + 27]
-
-    def test_load_and_show_tell_their_steps_in_order(self):
-        for sysv in ((), ("--sysv",)):
-            with self.subTest(sysv=sysv):
-                loader = self.start_loader("--verbose", *sysv, "Hello")
-                status, out, err = self.show("--verbose")
-                self.assertEqual((status, out), (0, b"Hello\n"))  # stdout as without it
-                self.assertEqual(self.steps(err, "show_shared.py"), self.show_steps(sysv))
-                self.assertIn("shmat(SHM_RDONLY)" if sysv else "shm_open(O_RDONLY) + mmap", err)
-                loader.send_signal(signal.SIGINT)
-                status, out, err = self.finish(loader)
-                self.assertEqual((status, out), (0, b""))
-                self.assertEqual(self.steps(err, "load_shared.py"),
-                                 self.load_steps(sysv) + self.release_steps(sysv))
-                tag = "sysv" if sysv else "posix"
-                self.assertEqual([line.split(maxsplit=2)[2].split(" in our")[0]
-                                  for line in err.splitlines() if " logbook " in line],
-                                 ["(empty)", *([f"{loader.pid} writing {tag}"] if sysv else []),
-                                  f"{loader.pid} loaded {tag}", "(empty)"])
-                self.assertIn("shmctl(IPC_RMID)" if sysv else "shm_unlink", err)
-                self.assert_nothing_left()
-
     def test_without_verbose_nothing_is_told(self):
         loader = self.start_loader("Hello")
         self.assert_shows("Hello")  # stderr empty
@@ -2187,43 +2292,8 @@ class VerboseTest(ProcessTestCase):
         status, out, err = self.finish(loader)
         self.assertEqual(err, f"holding /{self.key} until Ctrl-C, SIGTERM or SIGHUP\n")
 
-    def test_loader_says_it_waits_for_a_stopped_viewer(self):
-        for sysv in ((), ("--sysv",)):
-            with self.subTest(sysv=sysv):
-                loader = self.start_typing(*sysv)
-                viewer = self.viewer_stopped_holding_the_data_lock(sysv)
-                loader.stdin.write(b"second\n")
-                loader.stdin.flush()
-                started = time.monotonic()
-                said = self.wait_line(loader, stderr=True)
-                self.assertLess(time.monotonic() - started, 5)
-                self.assertIn(f"waiting for the lock on key {self.key!r}", said)
-                self.assertIn(f"held by show_shared.py (pid {viewer.pid})", said)
-                self.assertTrue(self.still_running(loader))  # it goes on waiting
-                viewer.send_signal(signal.SIGCONT)
-                self.assertEqual(self.finish(viewer)[:2], (0, b"first\n"))
-                self.assertRegex(self.wait_line(loader), "^Loaded ")
-                self.assert_shows("second")
-                loader.stdin.close()
-                self.assertEqual(self.finish(loader)[0], 0)
-                self.assert_nothing_left()
-
-
 class HexViewTest(ProcessTestCase):
     """show_shared.py --hex shows what is in the segment, also when it is corrupt."""
-
-    def test_live_loader_segment(self):
-        loader = self.start_loader("Grüße 😀\nb")
-        status, out, err = self.show("--hex")
-        self.assertEqual((status, err), (0, ""))
-        lines = out.decode().splitlines()
-        self.assertEqual(lines[0], f"segment    /{self.key} = /dev/shm/{self.key}, 24 bytes")
-        self.assertEqual(lines[1], f"lock file  {self.lock_path}")
-        self.assertIn(f"pid {loader.pid}, alive", lines[2])
-        self.assertEqual(lines[3], "count      00000014 = 20 bytes = 10 UTF-16 code units")
-        self.assertEqual(lines[4], "00000004  0047 0072 00fc 00df 0065 0020 d83d de00  Grüße 😀")
-        self.assertEqual(lines[5], "00000014  000a 0062                                \\nb")
-        self.assertEqual(len(lines), 6)
 
     def test_row_limits(self):
         self.write_segment(shmcodec.encode_qstring("x" * 200))  # 400 bytes: 25 rows
@@ -2243,6 +2313,18 @@ class HexViewTest(ProcessTestCase):
                     self.assertNotIn("more rows", out.decode())
         status, out, err = self.show("--hex=x")
         self.assertEqual((status, out), (2, b""))
+
+    def test_rows_are_whole_in_the_large_form_and_a_last_partial_row_counts(self):
+        # Qt 6.7's large form: the text starts at offset 12, and so do the rows.
+        self.write_segment(bytes.fromhex("fffffffe" "0000000000000050") + "x".encode("utf-16-be") * 40)
+        lines = self.show("--hex=2")[1].decode().splitlines()
+        self.assertEqual([line[:10] for line in lines if line[:1] == "0"],
+                         ["0000000c  ", "0000001c  "])
+        self.assertEqual(lines[-1], "... 3 more rows (--hex=all shows them)")  # 80 bytes: 5 rows
+        self.unlink_segment()
+        self.write_segment(shmcodec.encode_qstring("x" * 201))  # 402 bytes: 25 rows and 2 bytes
+        self.assertEqual(self.show("--hex=2")[1].decode().splitlines()[-1],
+                         "... 24 more rows (--hex=all shows them)")
 
     def test_null_large_form_and_slack(self):
         self.write_segment(bytes.fromhex("ffffffff"))
@@ -2300,63 +2382,6 @@ class SystemVTest(ProcessTestCase):
         self.assertRegex(shmcodec.qt_key_file("sharedmemory", "a-b_1"),
                          r"/qipc_sharedmemory_ab[0-9a-f]{40}$")  # letters only, then the sha1
 
-    def test_round_trip_and_nothing_left(self):
-        for text in ("hello", "Grüße 😀", "two\nlines", ""):
-            with self.subTest(text=text):
-                loader = self.start_loader("--sysv", text)
-                self.assert_shows(text)
-                status = shmcodec.shm_status(self.system_v().shmid())
-                self.assertEqual((status.nattch, status.mode & 0o777, status.cpid),
-                                 (1, 0o600, loader.pid))  # the loader stays attached
-                self.assertEqual(os.stat(self.system_v().key_file.path).st_mode & 0o777, 0o640)
-                loader.terminate()
-                self.assertEqual(self.finish(loader)[0], 0)
-                self.assert_nothing_left()
-
-    def test_lines_replace_the_text(self):
-        loader = self.start("--sysv", stdin=subprocess.PIPE)
-        for text in ("first", "a longer second text", ""):
-            loader.stdin.write(text.encode() + b"\n")
-            loader.stdin.flush()
-            self.assertEqual(self.wait_line(loader),
-                             f"Loaded {4 + 2 * len(text)} bytes into {self.key} (System V)\n")
-            self.assert_shows(text)
-        loader.stdin.close()
-        self.assertEqual(self.finish(loader)[0], 0)
-        self.assert_nothing_left()
-
-    def test_hex_says_where_to_find_it(self):
-        loader = self.start_loader("--sysv", "hi")
-        shmid = self.system_v().shmid()
-        status, out, err = self.show("--hex")
-        self.assertEqual((status, err), (0, ""))
-        lines = out.decode().splitlines()
-        ipc_key = shmcodec.shm_status(shmid).ipc_key
-        self.assertEqual(lines[0], f"segment    {self.key} (System V), 8 bytes: shmid {shmid}, "
-                                   f"IPC key 0x{ipc_key:08x} (ipcs -m lists it)")
-        self.assertTrue(lines[0].split("IPC key 0x")[1].startswith("51"))  # ftok(file, 'Q')
-        self.assertEqual(lines[1], f"key file   {self.system_v().key_file.path}")
-        self.assertEqual(lines[2], "attached   2 processes, this one included; "
-                                   f"made by pid {loader.pid} (alive)")
-        self.assertIn(f"load_shared.py pid {loader.pid}, alive", lines[4])
-        self.assertEqual(lines[-1], "00000004  0068 0069                                hi")
-
-    def test_sigkill_leaves_an_orphan_the_next_loader_replaces(self):
-        loader = self.start_loader("--sysv", "survivor")
-        loader.kill()
-        loader.wait()
-        self.assertEqual(self.system_v().attached_count(), 0)  # an orphan: nobody attached
-        status, out, err = self.show()
-        self.assertEqual((status, out), (0, b"survivor\n"))
-        self.assert_one_line(err, "gone", f"pid {loader.pid}")
-        second = self.start_loader("--sysv", "next")
-        self.assertIn(f"left behind by load_shared.py (pid {loader.pid})",
-                      second.stderr.readline().decode())
-        self.assert_shows("next")
-        second.send_signal(signal.SIGHUP)
-        self.assertEqual(self.finish(second)[0], 0)
-        self.assert_nothing_left()
-
     def test_one_loader_per_key_whatever_the_kind(self):
         first = self.start_loader("first")
         status, out, err = self.run_script("--sysv", "second", script=LOADER)
@@ -2376,15 +2401,13 @@ class SystemVTest(ProcessTestCase):
         theirs.buf[:16] = shmcodec.encode_qstring("theirs")
         self.assert_shows("theirs")
         status, out, err = self.run_script("--sysv", "mine", script=LOADER)
-        self.assertEqual((status, out), (1, b""))
-        self.assert_one_line(err, f"{self.key} (System V) is held by 1 attached process ",
+        self.assert_failed(status, out, err, f"{self.key} (System V) is held by 1 attached process ",
                              "--replace")
         loader = self.start_loader("--sysv", "--replace", "mine")
         self.assertIn("taking over", loader.stderr.readline().decode())
         self.assert_shows("mine")
         self.assertEqual(bytes(theirs.buf[:16]), shmcodec.encode_qstring("theirs"))  # untouched
-        loader.terminate()
-        self.assertEqual(self.finish(loader)[0], 0)
+        self.stop(loader)
         theirs.close()  # the last one out: now the kernel frees it
         self.assert_nothing_left()
 
@@ -2393,24 +2416,7 @@ class SystemVTest(ProcessTestCase):
         self.write_segment(bytes.fromhex(QT_BYTES["hello"]))  # a Qt 6 program's, and its lock
         self.make_qt_posix_lock()
         self.assert_shows("hello")  # /KEY comes first; our loader's logbook is not about it
-        loader.terminate()
-        self.assertEqual(self.finish(loader)[0], 0)
-
-    def test_corrupt_segment_is_reported_and_left_alone(self):
-        system_v = self.system_v()
-        theirs = system_v.make(6)
-        theirs.buf[:6] = bytes.fromhex("000000070041")
-        theirs.close()
-        status, out, err = self.show()
-        self.assertEqual((status, out), (1, b""))
-        self.assert_one_line(err, "odd byte count 7", "(System V)")
-        status, out, err = self.show("--hex")
-        self.assertEqual(status, 1)
-        self.assertIn("00000000  0000 0007 0041", out.decode())
-        again = system_v.attach()
-        self.assertEqual(bytes(again.buf), bytes.fromhex("000000070041"))
-        again.close()
-
+        self.stop(loader)
 
 # A stand-in for a Qt program's QSharedMemory::lock() and unlock(), in shapes that a real Qt
 # program cannot be made to take on demand. Qt's POSIX lock is sem_open, sem_wait and
@@ -2756,11 +2762,8 @@ class QtPeerTests:
 
     def qt(self, key_kind, action, *args, stdin=subprocess.DEVNULL):
         """Start the Qt peer in the background."""
-        process = subprocess.Popen(
-            [self.python, "-c", QT_PEER, self.binding, key_kind, self.key, action, *args],
-            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
-        self.processes.append(process)
-        return process
+        return self.start_command([self.python, "-c", QT_PEER, self.binding, key_kind, self.key,
+                                   action, *args], stdin=stdin)
 
     def qt_reads(self, key_kind):
         """What a Qt reader (ShowSharedMem) prints: ascii(text), or its error."""
@@ -2797,8 +2800,7 @@ class QtPeerTests:
                 with self.subTest(key_kind=key_kind, text=text):
                     loader = self.load(key_kind, text)
                     self.assertEqual(self.qt_reads(key_kind), ascii(text) + "\n")
-                    loader.terminate()
-                    self.assertEqual(self.finish(loader)[0], 0)
+                    self.stop(loader)
                     self.assert_nothing_left()
 
     def test_qt_lock_makes_our_viewer_and_loader_wait(self):
@@ -2813,13 +2815,11 @@ class QtPeerTests:
                 self.assertIn(f"waiting for Qt's lock on {self.kind(key_kind).label}", said)
                 if key_kind == "legacy":  # System V tells who changed the semaphore last
                     self.assertIn(f"(pid {holder.pid})", said)
-                loader.stdin.write(b"second\n")
-                loader.stdin.flush()
+                self.type_line(loader, "second")
                 self.assertTrue(self.still_running(loader), "the loader did not wait")
                 self.assertIn(f"held by show_shared.py (pid {viewer.pid})",
                               self.wait_line(loader, stderr=True))
-                holder.stdin.write(b"unlock\n")
-                holder.stdin.flush()
+                self.type_line(holder, "unlock")
                 self.assertEqual(self.finish(viewer)[:2], (0, b"first\n"))
                 self.assertRegex(self.wait_line(loader), "^Loaded ")
                 self.assert_shows("second")
@@ -2837,8 +2837,7 @@ class QtPeerTests:
                 self.assertTrue(self.still_running(reader), "Qt did not wait for our lock")
                 self.let_go(ours)
                 self.assertEqual(self.finish(reader)[:2], (0, b"'ours'\n"))
-                loader.terminate()
-                self.assertEqual(self.finish(loader)[0], 0)
+                self.stop(loader)
                 self.assert_nothing_left()
 
     def test_killed_qt_loader_leaves_an_orphan_we_replace(self):
@@ -2851,8 +2850,7 @@ class QtPeerTests:
         loader = self.load("legacy", "replaced")
         self.assertIn("nobody is attached", loader.stderr.readline().decode())
         self.assertEqual(self.qt_reads("legacy"), "'replaced'\n")
-        loader.send_signal(signal.SIGINT)
-        self.assertEqual(self.finish(loader)[0], 0)
+        self.stop(loader, signal.SIGINT)
         self.assert_nothing_left()
 
     def test_codec_bytes_are_qdatastream_bytes(self):
@@ -2916,11 +2914,7 @@ class DanceTest(ProcessTestCase):
         self.env["PYTHONPATH"] = HERE  # "save it in this folder": it imports shmcodec
 
     def dance_process(self, *args, stdin=subprocess.DEVNULL):
-        process = subprocess.Popen([sys.executable, self.dance, *args], stdin=stdin,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   env=self.env, cwd=HERE)
-        self.processes.append(process)
-        return process
+        return self.start_command([sys.executable, self.dance, *args], stdin=stdin)
 
     def test_both_ways(self):
         status, out, err = self.finish(self.dance_process("show"))
@@ -2935,8 +2929,7 @@ class DanceTest(ProcessTestCase):
         ours = self.start_loader("Hello from load_shared.py")
         status, out, err = self.finish(self.dance_process("show"))
         self.assertEqual((status, out.decode(), err), (0, "Hello from load_shared.py\n", ""))
-        ours.terminate()
-        self.assertEqual(self.finish(ours)[0], 0)
+        self.stop(ours)
         self.assert_nothing_left()
 
     def test_a_bad_command_line_and_ctrl_c_leave_nothing(self):
@@ -2987,10 +2980,7 @@ class ArticleTest(ProcessTestCase):
             if os.environ.get("QT_TESTS_REQUIRED"):
                 self.fail(f"QT_TESTS_REQUIRED is set, but article.cpp cannot be built with {qt}")
             self.skipTest(f"needs g++, pkg-config and {qt} (Debian: qtbase5-dev, qt6-base-dev)")
-        process = subprocess.Popen([self.programs[qt], *args], stdin=stdin,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
-        self.processes.append(process)
-        return process
+        return self.start_command([self.programs[qt], *args], stdin=stdin)
 
     def both_ways(self, qt):
         status, out, err = self.finish(self.article(qt, "show"))
@@ -3005,8 +2995,7 @@ class ArticleTest(ProcessTestCase):
         ours = self.start_loader("--sysv", "Hello from Python 😀")
         status, out, err = self.finish(self.article(qt, "show"))
         self.assertEqual((status, out.decode()), (0, "Hello from Python 😀\n"))
-        ours.terminate()
-        self.assertEqual(self.finish(ours)[0], 0)
+        self.stop(ours)
         self.assert_nothing_left()
 
     def test_qt5(self):
@@ -3035,9 +3024,7 @@ class Qt6Test(QtPeerTests, ProcessTestCase):
         holder.wait()
         self.assertEqual(self.qt_reads("safe"), "'first'\n")  # the idle loader gave it back
         self.assert_shows("first")
-        loader.stdin.write(b"second\n")
-        loader.stdin.flush()
-        self.assertRegex(self.wait_line(loader), "^Loaded ")
+        self.load_line(loader, "second")
         self.assertEqual(self.qt_reads("safe"), "'second'\n")
         loader.stdin.close()
         status, out, err = self.finish(loader)
@@ -3145,8 +3132,7 @@ class Qt6Test(QtPeerTests, ProcessTestCase):
         self.assertTrue(self.still_running(reader), "Qt did not wait")
         second = self.start_loader("next")
         self.finish(reader)  # let go: it reads "next", or finds no segment yet
-        second.terminate()
-        self.assertEqual(self.finish(second)[0], 0)
+        self.stop(second)
         self.assert_nothing_left()
 
 
