@@ -27,7 +27,7 @@ exit status: 0 released cleanly (end of input, Ctrl-C, SIGTERM, SIGHUP),
              2 bad usage
 """
 
-import signal
+import _signal as signal  # signal's C module: its calls, without 4 ms of enums to import
 
 # Until this program owns anything, Ctrl-C may simply end it: no traceback, nothing left.
 # A Ctrl-C that we inherited as ignored (a job started with & by a script) stays ignored.

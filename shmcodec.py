@@ -34,13 +34,12 @@ each with its own kind of Qt's lock: PosixSemaphore, SystemVSemaphore. Qt's `loc
 and these scripts never write and read at once. Last, how /proc proves that a holder of
 Qt's POSIX lock is dead (see PosixSemaphore.proven).
 """
-import collections
 import errno
 import fcntl
 import os
 import select
-import signal
-import stat
+import _signal as signal  # signal's C module: the same calls, without the enums that
+import stat  # cost signal 4 ms to import, a third of Python's own start-up
 import struct
 import sys
 import time
@@ -158,8 +157,14 @@ def key_letters(key):
 
 
 def sha1(text):
-    import hashlib  # only a System V key file, or a key too long for a file name, needs it
-    return hashlib.sha1(text.encode()).hexdigest()
+    """The sha1 of text, in hex, as Qt's key file names hold it. Only a System V key file,
+    or a key too long for a file name, needs it: CPython's own _sha1 takes a tenth of the
+    time that hashlib (and its OpenSSL) takes to import."""
+    try:
+        from _sha1 import sha1
+    except ImportError:
+        from hashlib import sha1
+    return sha1(text.encode()).hexdigest()
 
 
 # --- Telling the person: messages, --verbose, a failure in one line ---------------------------
@@ -392,9 +397,13 @@ def lock_path(key, create=False):
     return folder and os.path.join(folder, name)
 
 
-Logbook = collections.namedtuple("Logbook", "pid state tag")
-# pid: the last loader; state: "writing" (its segment may hold half a text) or "loaded";
-# tag: the kind of its segment, as SegmentKind.tag names it ("posix", "sysv").
+class Logbook:
+    """What the loader's logbook says: pid, the last loader; state, "writing" (its segment
+    may hold half a text) or "loaded"; tag, the kind of its segment, as SegmentKind.tag
+    names it ("posix", "sysv")."""
+
+    def __init__(self, pid, state, tag):
+        self.pid, self.state, self.tag = pid, state, tag
 
 
 class LockFile:
@@ -586,9 +595,13 @@ def c_call(result, name):
 
 # --- The two kinds of segment ----------------------------------------------------------------
 
-Owned = collections.namedtuple("Owned", "what uid removal note")
-# what: "segment /KEY", ...; uid: its owner; removal: the command that removes it (for
-# root); note: what more can be told, such as that nobody is attached to it.
+class Owned:
+    """Something under a key, and whose it is: what, "segment /KEY" (or Qt's lock, or a key
+    file); uid, its owner; removal, the command that removes it (for root); note, what more
+    can be told, such as that nobody is attached to it."""
+
+    def __init__(self, what, uid, removal, note):
+        self.what, self.uid, self.removal, self.note = what, uid, removal, note
 
 
 class SegmentKind:
@@ -1283,11 +1296,16 @@ class PosixSemaphore:
         tell("Qt's lock", f"sem_close: {self.name}")
 
 
-Look = collections.namedtuple("Look", "holders unknown waiters mappings")
-# holders: the pids that may hold the lock; unknown: why /proc cannot show every process
-# (None: it can); waiters: {pid: {tid: (futex address, context switches)}} of the processes
-# whose every thread sleeps on it (None: our own witness was awake); mappings: how many
-# mappings of its page the kernel counts.
+class Look:
+    """One look at who may hold Qt's POSIX lock: holders, the pids that may hold it;
+    unknown, why /proc cannot show every process (None: it can); waiters, {pid: {tid:
+    (futex address, context switches)}} of the processes whose every thread sleeps on it
+    (None: our own witness was awake); mappings, how many mappings of its page the kernel
+    counts."""
+
+    def __init__(self, holders, unknown, waiters, mappings):
+        self.holders, self.unknown, self.waiters, self.mappings = (holders, unknown, waiters,
+                                                                   mappings)
 
 
 def who_holds(look, name):

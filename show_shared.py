@@ -21,7 +21,7 @@ lifetime belongs to the loader.
 exit status: 0 shown, 1 nothing to show (nothing loaded, corrupt segment, ...), 2 bad usage
 """
 
-import signal
+import _signal as signal  # signal's C module: its calls, without 4 ms of enums to import
 
 # Ctrl-C, or a reader that stops reading (show_shared.py | head), ends us at once and
 # quietly, like any Unix filter: the kernel releases all we hold, but for Qt's lock (below).
@@ -30,8 +30,7 @@ if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
-import collections  # noqa: E402  (after the lines above, so that Ctrl-C is quiet while importing)
-import contextlib  # noqa: E402
+import contextlib  # noqa: E402  (after the lines above, so that Ctrl-C is quiet while importing)
 import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -86,14 +85,21 @@ def read_text(key):
     return text
 
 
-Found = collections.namedtuple("Found", "kind buffer loader")
-# kind: the kind of segment found (shmcodec.Posix or shmcodec.SystemV); buffer: its bytes,
-# read-only, straight from its memory; loader: the Loader that made it, or None if no
-# loader of ours did (a Qt program, say).
+class Found:
+    """The segment found under a key: kind, its kind (shmcodec.Posix or shmcodec.SystemV);
+    buffer, its bytes, read-only, straight from its memory; loader, the Loader that made
+    it, or None if no loader of ours did (a Qt program, say)."""
 
-Loader = collections.namedtuple("Loader", "pid alive died_writing")
-# The last load_shared.py under the key: its pid; whether it lives; whether it died while
-# its segment may hold half a text (its logbook says "writing").
+    def __init__(self, kind, buffer, loader):
+        self.kind, self.buffer, self.loader = kind, buffer, loader
+
+
+class Loader:
+    """The last load_shared.py under a key: its pid; whether it is alive; whether it died
+    while its segment may hold half a text (its logbook says "writing")."""
+
+    def __init__(self, pid, alive, died_writing):
+        self.pid, self.alive, self.died_writing = pid, alive, died_writing
 
 
 @contextlib.contextmanager
