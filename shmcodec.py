@@ -1126,8 +1126,8 @@ class PosixSemaphore:
 
     def give_back(self, who=None):
         """sem_post for a holder proven dead (who: its name, where we know it)."""
-        warn(f"Qt's lock on {self.name} was left taken by "
-             f"{f'{who}, which died inside it' if who else 'a process that died'}; giving it back")
+        holder = f"{who}, which died inside it" if who else "a process that died"
+        warn(f"Qt's lock on {self.name} was left taken by {holder}; giving it back")
         c_call(libc.sem_post(ctypes.c_void_p(self.handle)), f"semaphore {self.name}")
 
     def give_back_if_ours_died(self):
@@ -1147,12 +1147,13 @@ class PosixSemaphore:
 
         While we wait, a thread of ours watches: after a second it says for whom we wait,
         and it gives the lock back once a second look proves its holder dead (see
-        proven()). Meanwhile this thread stands in line, asleep in sem_timedwait: a stop
-        signal wakes it (EINTR), and so does our turn.
+        proven()). Meanwhile this thread stands in line, asleep in sem_timedwait, until the
+        lock is given to it, or a stop signal wakes it (EINTR).
         """
         if libc.sem_trywait(ctypes.c_void_p(self.handle)) == 0:
             return True
-        if not hasattr(libc, "sem_timedwait") or not self.file:  # macOS: no timed wait
+        if not hasattr(libc, "sem_timedwait") or not self.file:  # macOS: no timed wait,
+            # and no /proc to prove a death: try, now and then, and never give back
             notice = waiting_notice(f"Qt's lock on {self.name}", lambda: "held by another "
                                     "process (a POSIX semaphore does not say which, here)")
             while libc.sem_trywait(ctypes.c_void_p(self.handle)):
