@@ -165,17 +165,28 @@ class ProcessTestCase(unittest.TestCase):
     def setUp(self):
         self.key = f"test_roundtrip-{os.getpid()}-{random.randrange(1 << 32):08x}"
         self.tmpdir = tempfile.mkdtemp(prefix="test_roundtrip-")
-        self.env = dict(os.environ, TMPDIR=self.tmpdir, PYTHONWARNINGS="default")
+        self.env = dict(os.environ, TMPDIR=self.tmpdir, PYTHONWARNINGS="default",
+                        TEST_ROUNDTRIP=self.id())  # whose process it is, for tearDownModule
         self.env.pop("XDG_RUNTIME_DIR", None)  # lock files, too, in our TMPDIR
         self.processes = []  # every process the test starts, so that it can clean up after it
         self.system_v_before = set(system_v_objects())
         self.addCleanup(self.clean_up)
 
     def clean_up(self):
+        # A prefix (strace, unshare) may leave its command running when it is killed: so the
+        # children go too, found before their parents die, and are waited for as well.
+        # (Only of those not reaped yet: their pids cannot have been taken by another.)
+        descendants = [pid for process in self.processes if process.returncode is None
+                       for pid in children(process.pid, descendants=True)]
         for process in self.processes:
             if process.poll() is None:
                 process.kill()
             process.wait()
+        for pid in descendants:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            wait_gone(pid)
+        for process in self.processes:
             for stream in (process.stdin, process.stdout, process.stderr):
                 if stream:
                     stream.close()
@@ -464,7 +475,7 @@ class ProcessTestCase(unittest.TestCase):
         while not holds_a_lock(viewer.pid) and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(0.1)  # from its lock on DATA_LOCK to its wait behind the holder
-        viewer.send_signal(signal.SIGSTOP)
+        stop_now(viewer.pid)  # out of the semaphore's queue, so the holder's lock is not its
         if sysv:
             self.let_go(holder)
         else:
@@ -731,18 +742,23 @@ class FaultTest(ProcessTestCase):
 
     def test_semaphore_of_a_loader_killed_while_writing_is_given_back(self):
         # A POSIX semaphore has no undo: the dead loader left Qt's lock taken. Whoever
-        # waits on it (a Qt program) is let go by the next loader, which then makes a
-        # fresh one, as Qt's create() does.
+        # waits on it (a Qt program) is let go by the next loader, which keeps that
+        # semaphore and waits its own turn on it: the two get in one after the other, in
+        # either order (a semaphore keeps no queue), never both at once (each holds a flock
+        # on a marker file while inside).
+        marker = os.path.join(self.tmpdir, "inside")
         self.kill_while_writing()
-        waiter = self.lock_peer("hold")  # a Qt program in lock(), behind the dead loader
+        waiter = self.lock_peer("hold", f"--marker={marker}")  # a Qt program, behind the dead
         self.assertTrue(self.still_running(waiter), "the dead loader's lock was free")
-        second = self.start("next")
-        self.assertEqual(self.wait_line(waiter), "inside\n", "the waiter was not let go")
-        self.assertTrue(self.still_running(second), "the next loader wrote while Qt was inside")
+        second = self.start_forced(MARKED_INSIDE, LOADER, "next", env=dict(self.env, MARKER=marker))
+        self.assertEqual(self.wait_line(waiter), "inside\n", "the waiter was not let go alone")
+        time.sleep(1)  # the loader's turn, if it comes second: it must not get in meanwhile
         self.let_go(waiter)
         self.assertRegex(self.wait_line(second), "^Loaded ")
         self.assert_shows("next")
-        self.stop(second)
+        err = self.stop(second)[1]
+        self.assertIn("inside", err)  # it took Qt's lock to write
+        self.assertNotIn("VIOLATION", err)
         self.assert_nothing_left()
 
     def test_foreign_segment_is_never_destroyed_silently(self):
@@ -2426,7 +2442,7 @@ class SystemVTest(ProcessTestCase):
 LOCK_PEER = r'''"""A stand-in for a Qt program in lock(): see test_roundtrip.py, LOCK_PEER.
 
 usage: python -c LOCK_PEER posix|sysv KEY hold [--on-line] [--nondumpable] [--main-exits]
-                                                 [--second-thread]
+                                                 [--second-thread] [--marker=FILE]
        python -c LOCK_PEER posix KEY ping-pong SECONDS MARKER
   hold             lock(), say "inside", wait for a line on stdin, unlock(), say "out"
   --on-line        wait for a line on stdin before lock()
@@ -2434,6 +2450,8 @@ usage: python -c LOCK_PEER posix|sysv KEY hold [--on-line] [--nondumpable] [--ma
   --main-exits     do it in a second thread, and end the main thread (pthread_exit)
   --second-thread  once inside, a second thread waits for the lock too, and says "second
                    inside" when it gets in (never while the first is inside)
+  --marker=FILE    while inside, hold a flock on FILE (as MARKED_INSIDE makes our scripts
+                   do); say "VIOLATION" first if another holds it
   ping-pong        for SECONDS, lock() and unlock() again and again; say "VIOLATION" if
                    another process is inside at the same time (MARKER: a file that each
                    locks while inside), then "rounds N"
@@ -2471,6 +2489,13 @@ def hold():
     if "--on-line" in options:
         sys.stdin.readline()
     lock()
+    markers = [option.split("=", 1)[1] for option in options if option.startswith("--marker=")]
+    for marker in markers:
+        marker = os.open(marker, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(marker, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            print("VIOLATION", flush=True)
     print("inside", flush=True)
     if "--second-thread" in options:
         second = threading.Thread(target=lambda: (lock(), print("second inside", flush=True),
@@ -2478,6 +2503,8 @@ def hold():
         second.start()
     sys.stdin.readline()
     print("out", flush=True)
+    if markers:
+        os.close(marker)
     unlock()
     if "--second-thread" in options:
         second.join()
@@ -2586,8 +2613,8 @@ def marked_acquire(self, give_up):
     try:
         fcntl.flock(self.marker, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        os.write(2, b"VIOLATION\\n")
-    os.write(2, b"inside\\n")
+        os.write(2, b"VIOLATION\n")
+    os.write(2, b"inside\n")
     return True
 
 
@@ -3166,18 +3193,77 @@ def holds_a_lock(pid):
                    for fields in (line.split() for line in locks))
 
 
-def children(pid):
-    """The pids of pid's child processes (Linux)."""
-    found = []
+def stop_now(pid):
+    """SIGSTOP pid, and return once it is stopped (Linux: state T in /proc/PID/stat). Only
+    then is it out of any wait it was in: a System V semaphore set free a moment after a
+    SIGSTOP could still be taken by it, in the kernel, on its way to stopping."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as stat:
+            if stat.read().rsplit(")", 1)[1].split()[0] in "Tt":
+                return
+        time.sleep(0.001)
+    raise AssertionError(f"process {pid} did not stop")
+
+
+def children(pid, descendants=False):
+    """The pids of pid's child processes (Linux); descendants: their children too, and on."""
+    parents = {}
     for entry in os.listdir("/proc"):
         try:
             with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+                parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
             continue
-        if fields[1] == str(pid):
-            found.append(int(entry))
+    found, wanted = [], [pid]
+    while wanted:
+        parent = wanted.pop()
+        its_children = [child for child, its_parent in parents.items() if its_parent == parent]
+        found += its_children
+        if descendants:
+            wanted += its_children
     return found
+
+
+def wait_gone(pid):
+    """Wait until pid, which is not our child, has ended (gone, or a zombie)."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] in "ZX":
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.001)
+
+
+def tearDownModule():
+    """The last net: a process of a test that outlived it (none should) is named on stderr
+    and killed, and what it made under this run's keys is removed: the machine is shared,
+    and the next run must start clean."""
+    ours, survivors = f"TEST_ROUNDTRIP={__name__}.".encode(), []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                test = [v for v in environ.read().split(b"\0") if v.startswith(ours)]
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read().replace(b"\0", b" ")[:120].decode(errors="replace")
+        except OSError:
+            continue
+        if test and int(entry) != os.getpid():
+            print(f"\ntest_roundtrip: {test[0].decode()} left pid {entry} running: {command}",
+                  file=sys.stderr)
+            survivors.append(int(entry))
+    for pid in survivors:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        wait_gone(pid)
+    for name in os.listdir("/dev/shm"):
+        if name.startswith((f"test_roundtrip-{os.getpid()}-", f"sem.test_roundtrip-{os.getpid()}-")):
+            print(f"test_roundtrip: left behind: /dev/shm/{name}", file=sys.stderr)
+            os.unlink(f"/dev/shm/{name}")
 
 
 if __name__ == "__main__":
