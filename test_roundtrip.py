@@ -166,7 +166,7 @@ class ProcessTestCase(unittest.TestCase):
         self.key = f"test_roundtrip-{os.getpid()}-{random.randrange(1 << 32):08x}"
         self.tmpdir = tempfile.mkdtemp(prefix="test_roundtrip-")
         self.env = dict(os.environ, TMPDIR=self.tmpdir, PYTHONWARNINGS="default",
-                        TEST_ROUNDTRIP=self.id())  # whose process it is, for tearDownModule
+                        TEST_ROUNDTRIP=f"{os.getpid()} {self.id()}")  # for tearDownModule
         self.env.pop("XDG_RUNTIME_DIR", None)  # lock files, too, in our TMPDIR
         self.processes = []  # every process the test starts, so that it can clean up after it
         self.system_v_before = set(system_v_objects())
@@ -3240,10 +3240,10 @@ def wait_gone(pid):
 
 
 def tearDownModule():
-    """The last net: a process of a test that outlived it (none should) is named on stderr
-    and killed, and what it made under this run's keys is removed: the machine is shared,
-    and the next run must start clean."""
-    ours, survivors = f"TEST_ROUNDTRIP={__name__}.".encode(), []
+    """The last net: a process of this run's tests that outlived its test (none should) is
+    named on stderr and killed, and what was made under this run's keys is removed. Only
+    this run's: the machine is shared, and another run of the suite may be going on."""
+    ours, survivors = f"TEST_ROUNDTRIP={os.getpid()} ".encode(), []
     for entry in os.listdir("/proc"):
         try:
             with open(f"/proc/{entry}/environ", "rb") as environ:
@@ -3253,8 +3253,8 @@ def tearDownModule():
         except OSError:
             continue
         if test and int(entry) != os.getpid():
-            print(f"\ntest_roundtrip: {test[0].decode()} left pid {entry} running: {command}",
-                  file=sys.stderr)
+            print(f"\ntest_roundtrip: {test[0].split(b' ', 1)[1].decode()} left pid {entry} "
+                  f"running: {command}", file=sys.stderr)
             survivors.append(int(entry))
     for pid in survivors:
         with contextlib.suppress(ProcessLookupError):
