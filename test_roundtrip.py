@@ -39,6 +39,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LOADER = os.path.join(HERE, "load_shared.py")
 VIEWER = os.path.join(HERE, "show_shared.py")
 TIMEOUT = 60  # seconds for any one step; generous, the machines are shared
+
+# The scripts keep a stop signal that they inherit as ignored (nohup's SIGHUP), and the
+# tests send them stop signals: so the processes that the tests start begin with each
+# signal's default, even when this suite itself runs with one ignored (under nohup, or
+# started with & by a shell without job control, which ignores SIGINT there).
+for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    if signal.getsignal(_signum) == signal.SIG_IGN:
+        signal.signal(_signum, signal.default_int_handler if _signum == signal.SIGINT
+                      else signal.SIG_DFL)
 needs_system_v = unittest.skipUnless(shmcodec.SYSTEM_V_HERE,
                                      "System V segments are used on 64-bit Linux only")
 BIG = 32 << 20  # characters of a text that takes a viewer a while to read (64 MiB)
