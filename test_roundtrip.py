@@ -670,8 +670,8 @@ class RoundTripTest(ProcessTestCase):
         for args in ((), ("--hex",), ("--key", "a-typo")):
             with self.subTest(args=args):
                 status, out, err = self.show(*args)
-                self.assert_failed(status, out, err, "load_shared.py", args[-1] if args[:1] == ("--key",)
-                                     else self.key)
+                self.assert_failed(status, out, err, "load_shared.py",
+                                   args[-1] if args[:1] == ("--key",) else self.key)
                 self.assertEqual(os.listdir(self.tmpdir), [])  # a viewer leaves no litter
 
     def test_second_loader_is_refused(self):
@@ -1165,7 +1165,8 @@ class RulesTest(ProcessTestCase):
                         status, out, err = self.finish(self.start("x", script=script, env=env)
                                                        if script == LOADER else
                                                        self.start(script=script, env=env))
-                        self.assert_failed(status, out, err, place, "may be written by others", "refusing")
+                        self.assert_failed(status, out, err, place, "may be written by others",
+                                           "refusing")
                     self.assertFalse(self.segment_exists())
 
     def test_a_stop_signal_inherited_as_ignored_stays_ignored(self):
@@ -1557,6 +1558,28 @@ class ReplacementTest(ProcessTestCase):
         loader = self.typing_loader(limit=(resource.RLIMIT_FSIZE, 1_000_000))
         self.assert_old_text_stays(loader, "y" * 600_000, "cannot make a 1200004-byte segment "
                                    f"/{self.key}: File too large")
+
+    def test_a_loader_killed_after_a_failure_is_cleared_by_the_next(self):
+        # After a failed replacement, the logbook still names the loader and the text it
+        # kept: if it is killed then, the next loader knows that segment for ours, left
+        # behind, and replaces it without --replace.
+        n = 30 << 20
+        cases = [((), (resource.RLIMIT_FSIZE, 1_000_000), 600_000)]
+        if shmcodec.SYSTEM_V_HERE:  # encoded, it fits; attached (shmat), it does not
+            cases.append((("--sysv",), (resource.RLIMIT_AS, self.base_size("--sysv") + 5 * n), n))
+        for sysv, limit, letters in cases:
+            with self.subTest(sysv=sysv):
+                loader = self.typing_loader(*sysv, limit=limit)
+                self.type_line(loader, "y" * letters)
+                self.assertIn("that line was not loaded", self.wait_line(loader, stderr=True))
+                loader.kill()
+                loader.wait()
+                after = self.start_loader(*sysv, "after")
+                self.assertIn(f"left behind by load_shared.py (pid {loader.pid}), which is gone",
+                              after.stderr.readline().decode())
+                self.assert_shows("after")
+                self.stop(after)
+                self.assert_nothing_left()
 
     def test_the_first_line_that_cannot_be_loaded_fails_as_before(self):
         # With no old text to keep, the failure is one line, exit 1, nothing left.
@@ -2098,8 +2121,10 @@ class TwoUsersTest(TwoUsersCase):
         target = os.path.join(self.tmpdir, "another-programs-file")
         open(target, "w").close()
         plants = {  # where, how, which loader
-            "a's regular key file": (system_v.key_file.path, lambda p: open(p, "w").close(), "--sysv"),
-            "a's key file symlink": (system_v.key_file.path, lambda p: os.symlink(target, p), "--sysv"),
+            "a's regular key file": (system_v.key_file.path, lambda p: open(p, "w").close(),
+                                     "--sysv"),
+            "a's key file symlink": (system_v.key_file.path, lambda p: os.symlink(target, p),
+                                     "--sysv"),
             "a's key file FIFO": (system_v.key_file.path, lambda p: os.mkfifo(p, 0o644), "--sysv"),
             "a's lock key file": (system_v.lock_key_file.path, lambda p: open(p, "w").close(),
                                   "--sysv"),
@@ -2230,7 +2255,8 @@ class TwoUsersTest(TwoUsersCase):
             viewer = self.as_user(a, "show_shared.py")
             said = self.wait_line(viewer, stderr=True)
             self.assertIn(f"rm /dev/shm/sem.{self.key}", said)
-            self.assertTrue(self.still_running(viewer, 3), "an ordinary user took a guess for a proof")
+            self.assertTrue(self.still_running(viewer, 3),
+                            "an ordinary user took a guess for a proof")
             viewer.kill()  # what the line says: quit what uses the key, remove the lock
             self.stop(loader)
             subprocess.run([*self.as_(a), "rm", f"/dev/shm/sem.{self.key}"], check=True)
@@ -2291,7 +2317,8 @@ class TwoUsersEachKindTests:
                                      ("load_shared.py", (*self.sysv, "--replace", "theirs")),
                                      ("show_shared.py", ())):
                     status, out, err = self.run_as(other, script, *args)
-                    self.assert_failed(status, out, err, "segment ", f"belongs to user {owner.pw_name}")
+                    self.assert_failed(status, out, err, "segment ",
+                                       f"belongs to user {owner.pw_name}")
                 self.assertEqual(self.run_as(owner, "show_shared.py"), (0, b"mine\n", ""))
                 self.stop(loader)
                 self.assert_nothing_left()
@@ -2342,10 +2369,12 @@ class HexViewTest(ProcessTestCase):
 
     def test_rows_are_whole_in_the_large_form_and_a_last_partial_row_counts(self):
         # Qt 6.7's large form: the text starts at offset 12, and so do the rows.
-        self.write_segment(bytes.fromhex("fffffffe" "0000000000000050") + "x".encode("utf-16-be") * 40)
+        self.write_segment(bytes.fromhex("fffffffe" "0000000000000050")
+                           + "x".encode("utf-16-be") * 40)
         lines = self.show("--hex=2")[1].decode().splitlines()
-        self.assertEqual([line[:10] for line in lines if line[:1] == "0"],
-                         ["0000000c  ", "0000001c  "])
+        whole_row = " ".join(["0078"] * 8) + "  " + "x" * 8  # 16 bytes, 8 characters
+        self.assertEqual([line for line in lines if line[:1] == "0"],
+                         ["0000000c  " + whole_row, "0000001c  " + whole_row])
         self.assertEqual(lines[-1], "... 3 more rows (--hex=all shows them)")  # 80 bytes: 5 rows
         self.unlink_segment()
         self.write_segment(shmcodec.encode_qstring("x" * 201))  # 402 bytes: 25 rows and 2 bytes
@@ -2427,8 +2456,8 @@ class SystemVTest(ProcessTestCase):
         theirs.buf[:16] = shmcodec.encode_qstring("theirs")
         self.assert_shows("theirs")
         status, out, err = self.run_script("--sysv", "mine", script=LOADER)
-        self.assert_failed(status, out, err, f"{self.key} (System V) is held by 1 attached process ",
-                             "--replace")
+        self.assert_failed(status, out, err,
+                           f"{self.key} (System V) is held by 1 attached process ", "--replace")
         loader = self.start_loader("--sysv", "--replace", "mine")
         self.assertIn("taking over", loader.stderr.readline().decode())
         self.assert_shows("mine")
@@ -3269,8 +3298,9 @@ def tearDownModule():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         wait_gone(pid)
+    prefix = f"test_roundtrip-{os.getpid()}-"
     for name in os.listdir("/dev/shm"):
-        if name.startswith((f"test_roundtrip-{os.getpid()}-", f"sem.test_roundtrip-{os.getpid()}-")):
+        if name.startswith((prefix, "sem." + prefix)):
             print(f"test_roundtrip: left behind: /dev/shm/{name}", file=sys.stderr)
             os.unlink(f"/dev/shm/{name}")
 
