@@ -757,7 +757,8 @@ class FaultTest(ProcessTestCase):
         # on a marker file while inside).
         marker = os.path.join(self.tmpdir, "inside")
         self.kill_while_writing()
-        waiter = self.lock_peer("hold", f"--marker={marker}")  # a Qt program, behind the dead
+        # a Qt program in lock(), behind the dead loader
+        waiter = self.lock_peer("hold", f"--marker={marker}")
         self.assertTrue(self.still_running(waiter), "the dead loader's lock was free")
         second = self.start_forced(MARKED_INSIDE, LOADER, "next", env=dict(self.env, MARKER=marker))
         self.assertEqual(self.wait_line(waiter), "inside\n", "the waiter was not let go alone")
@@ -2527,8 +2528,9 @@ def hold():
     if "--on-line" in options:
         sys.stdin.readline()
     lock()
-    markers = [option.split("=", 1)[1] for option in options if option.startswith("--marker=")]
-    for marker in markers:
+    marker = next((option.split("=", 1)[1] for option in options
+                   if option.startswith("--marker=")), None)
+    if marker:
         marker = os.open(marker, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(marker, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -2541,7 +2543,7 @@ def hold():
         second.start()
     sys.stdin.readline()
     print("out", flush=True)
-    if markers:
+    if marker:
         os.close(marker)
     unlock()
     if "--second-thread" in options:
@@ -3231,6 +3233,12 @@ def holds_a_lock(pid):
                    for fields in (line.split() for line in locks))
 
 
+def stat_fields(pid):
+    """The fields of /proc/PID/stat after the command's name (Linux): state, parent, ..."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()
+
+
 def stop_now(pid):
     """SIGSTOP pid, and return once it is stopped (Linux: state T in /proc/PID/stat). Only
     then is it out of any wait it was in: a System V semaphore set free a moment after a
@@ -3238,9 +3246,8 @@ def stop_now(pid):
     os.kill(pid, signal.SIGSTOP)
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
-        with open(f"/proc/{pid}/stat") as stat:
-            if stat.read().rsplit(")", 1)[1].split()[0] in "Tt":
-                return
+        if stat_fields(pid)[0] in "Tt":
+            return
         time.sleep(0.001)
     raise AssertionError(f"process {pid} did not stop")
 
@@ -3250,8 +3257,7 @@ def children(pid, descendants=False):
     parents = {}
     for entry in os.listdir("/proc"):
         try:
-            with open(f"/proc/{entry}/stat") as stat:
-                parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+            parents[int(entry)] = int(stat_fields(entry)[1])
         except (OSError, IndexError, ValueError):
             continue
     found, wanted = [], [pid]
@@ -3269,9 +3275,8 @@ def wait_gone(pid):
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
         try:
-            with open(f"/proc/{pid}/stat") as stat:
-                if stat.read().rsplit(")", 1)[1].split()[0] in "ZX":
-                    return
+            if stat_fields(pid)[0] in "ZX":
+                return
         except FileNotFoundError:
             return
         time.sleep(0.001)
