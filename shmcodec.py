@@ -1,52 +1,39 @@
-"""What load_shared.py and show_shared.py share, in the order a learner meets it.
+"""Qt's shared-memory text for Python: the bytes, and the segment they live in.
 
-The bytes. Qt's `QDataStream << QString` writes a big-endian 32-bit *byte* count and then
-the text as UTF-16BE code units. We write and read exactly that, so a Qt program and these
-scripts read each other's segments.
+First the codec: a QString as `QDataStream << QString` writes it, and back. Then
+QSharedMemory, with Qt's names, on which the article's calls run line for line:
 
-The key. Qt turns key "MySharedMemory" into a segment in one of two ways (see "The two
-kinds of segment"): the POSIX segment "/MySharedMemory" for Qt 6's
-`platformSafeKey("MySharedMemory")`, the same one that
-`multiprocessing.shared_memory.SharedMemory("MySharedMemory")` opens; or, for the article's
-plain `setKey("MySharedMemory")` and every Qt 5 program, a System V segment.
+    memory = QSharedMemory("MySharedMemory")     # Qt's plain key: a System V segment
+    memory.create(len(data)); memory.lock(); memory.data()[:len(data)] = data; memory.unlock()
 
-Telling the person: say() and warn() on stderr (stdout is for the text), tell() for each
-step with --verbose; then the command line, and the stop signals that end every wait.
-
-The lock file. Our own rules (a reader never sees half a text, one loader per key, what a
-crash left behind) live in fcntl locks on one lock file per key, qshm-KEY.lock in a
-directory of this user's alone ($XDG_RUNTIME_DIR, else $TMPDIR/qshm-UID or /tmp/qshm-UID;
-a key too long for a file name is cut and ends in its sha1). It holds one-byte locks:
-  DATA_LOCK  a loader holds it exclusively while it writes, readers share it while they
-             read: nobody ever sees half a text.
-  OWNER_LOCK the loader holds it for as long as it lives. The kernel drops it when the
-             loader dies, even by SIGKILL, so "is the owner alive?" needs no pid guessing.
-  QT_TURN    whichever process of ours waits for Qt's POSIX lock, or holds it, holds this
-             one: our processes take turns at Qt's lock, one at a time.
-The file's text is two lines: the loader's logbook, "PID writing TAG" or "PID loaded TAG"
-(a clean exit empties it, so a logbook left behind with a free OWNER_LOCK means the loader
-died), and the Qt record, "PID inside DEVICE INODE PROGRAM" while that process of ours is
-inside Qt's POSIX lock.
-
-The two kinds of segment, Posix and SystemV, do the same steps (SegmentKind says which),
-each with its own kind of Qt's lock: PosixSemaphore, SystemVSemaphore. Qt's `lock()` and
-`unlock()` take a semaphore, and so do we, always after our lock file, so that a Qt program
-and these scripts never write and read at once. Last, how /proc proves that a holder of
-Qt's POSIX lock is dead (see PosixSemaphore.proven).
+QSharedMemory.platformSafeKey("MySharedMemory") names the POSIX segment /MySharedMemory
+instead, as Qt 6 does. lock() takes our fcntl lock on the key's lock file, then Qt's own
+semaphore, so that a Qt program and ours exclude each other. A few extras, named as ours,
+add what Qt lacks: own() (one loader per key, and what a dead one left is cleared),
+load() (a new text made beside the old one, which stays if it fails), lastLoader() and
+recover(). The protocol of lock() and unlock() is written out at QSharedMemory.lock.
 """
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import enum
 import errno
 import fcntl
+import hashlib
+import mmap
 import os
-import select
-import _signal as signal  # signal's C module: the same calls, without the enums that
-import stat  # cost signal 4 ms to import, a third of Python's own start-up
+import secrets
+import signal
+import stat
 import struct
 import sys
+import threading
 import time
 
-DEFAULT_KEY = "MySharedMemory"
+import _posixshmem  # private: SharedMemory cannot do the job here (see Posix)
 
-# --- The bytes -----------------------------------------------------------------------------
+# --- The bytes ---------------------------------------------------------------------------
 
 NULL_COUNT = 0xFFFF_FFFF  # a null QString: no data follows
 LARGE_COUNT = 0xFFFF_FFFE  # Qt 6.7+: the real byte count follows as a signed 64-bit integer
@@ -56,19 +43,14 @@ class QStringFormatError(ValueError):
     """The bytes are not a QString as QDataStream writes it."""
 
 
-def count_prefix(byte_count):
-    """The QDataStream size prefix: 4 bytes, or the Qt 6.7+ marker and 8 more bytes."""
-    if byte_count < LARGE_COUNT:
-        return byte_count.to_bytes(4, "big")
-    return LARGE_COUNT.to_bytes(4, "big") + byte_count.to_bytes(8, "big")
+def encode_qstring(text):
+    """The bytes that `QDataStream << QString(text)` writes; None is the null QString."""
+    return b"".join(qstring_parts(text))
 
 
 def qstring_parts(text):
-    """Return (prefix, payload): the byte count and the UTF-16BE code units of text.
-
-    They are kept apart so that a large payload is copied only once: into the segment.
-    None is the null QString.
-    """
+    """encode_qstring's bytes in two parts, the count and the code units: a large text is
+    then copied only once more, into the segment."""
     if text is None:
         return NULL_COUNT.to_bytes(4, "big"), b""
     # "surrogatepass": a QString may hold a lone surrogate; keep it as the code unit it is.
@@ -76,79 +58,78 @@ def qstring_parts(text):
     return count_prefix(len(payload)), payload
 
 
-def encode_qstring(text):
-    """Return the bytes that `QDataStream << QString(text)` writes (None: a null QString)."""
-    prefix, payload = qstring_parts(text)
-    return prefix + payload
+def count_prefix(byte_count):
+    """The count before the code units: 4 bytes, or Qt 6.7's marker and 8 bytes more."""
+    if byte_count < LARGE_COUNT:
+        return byte_count.to_bytes(4, "big")
+    return LARGE_COUNT.to_bytes(4, "big") + byte_count.to_bytes(8, "big")
 
 
 def decode_qstring(buffer):
-    """Return the text that `QDataStream >> QString` reads from the start of buffer.
+    """The text that `QDataStream >> QString` reads from the start of buffer (None: null).
 
-    None stands for a null QString. Bytes after the string are ignored, since a segment
-    may be larger than its text. The code units are decoded straight from the buffer (a
-    segment's memory, say), without copying it first. Raises QStringFormatError.
+    Bytes after the string are ignored, as a segment may be larger than its text. The code
+    units are decoded straight from buffer, with no copy. Raises QStringFormatError.
     """
     with memoryview(buffer) as data:
-        span = qstring_span(data)
-        return None if span is None else str(data[span[0]:span[1]], "utf-16-be", "surrogatepass")
+        start, count = qstring_header(data, whole=True)
+        return None if count is None else str(data[start:start + count], "utf-16-be",
+                                              "surrogatepass")
 
 
-def qstring_span(data):
-    """Return (start, end): where the code units of the QString at the start of data lie,
-    or None for a null QString. Raises QStringFormatError, saying what is wrong."""
+def qstring_header(data, whole=False):
+    """(start, count): where the code units begin, and how many bytes they take (None for a
+    null QString), as the count at the start of data says; whole: data holds them all.
+    Raises QStringFormatError, saying what is wrong."""
     if len(data) < 4:
         raise QStringFormatError(f"byte count cut short: {len(data)} of 4 bytes")
     count, start = int.from_bytes(data[:4], "big"), 4
     if count == NULL_COUNT:
-        return None
+        return start, None
     if count == LARGE_COUNT:
         if len(data) < 12:
             raise QStringFormatError(f"large-size count cut short: {len(data)} of 12 bytes")
         count, start = int.from_bytes(data[4:12], "big", signed=True), 12
         if count == -1:  # Qt reads this as null too
-            return None
+            return start, None
         if count < 0:
             raise QStringFormatError(f"bad large-size count {count}")
     if count % 2:
         raise QStringFormatError(f"odd byte count {count}: UTF-16 needs 2 bytes a unit")
-    if start + count > len(data):
+    if whole and start + count > len(data):
         raise QStringFormatError(
             f"byte count {count} runs past the end: {len(data) - start} bytes follow")
-    return start, start + count
+    return start, count
 
 
-# --- The key -------------------------------------------------------------------------------
+# --- Keys --------------------------------------------------------------------------------
 
-# A POSIX shared-memory name is one file name: 255 bytes on Linux, 30 (+ "/") on macOS;
+# A POSIX segment's name is one file name: 255 bytes on Linux, 30 (+ "/") on macOS, and
 # Qt's semaphore for it is the file "sem.KEY" in /dev/shm on Linux, so 251 there.
 MAX_KEY_BYTES = 30 if sys.platform == "darwin" else 251
+# Qt's System V key file is "qipc_sharedmemory_", the key's letters and a 40-digit sha1.
+MAX_SYSTEM_V_LETTERS = 255 - len("qipc_sharedmemory_") - 40
+SYSTEM_V_HERE = sys.platform.startswith("linux") and sys.maxsize > 2 ** 32  # 64-bit Linux
+RENAME_HERE = sys.platform.startswith("linux")  # a POSIX segment is a file of /dev/shm
 
 
-def key_problem(key):
-    """Return what makes key unusable as a segment name, or None if it is fine."""
+def key_problem(key, system_v=False):
+    """What makes key unusable (a sentence), or None if it is fine."""
     if not key:
         return "the key is empty"
     if not key.isascii() or not key.isprintable():
         return f"key {key!r} must be printable ASCII"
     if "/" in key or key in (".", ".."):
         return f"key {key!r} must be a plain name: no '/', not '.' or '..'"
+    if key.startswith("sem."):  # /dev/shm/sem.X is also the semaphore of key X
+        return f"key {key!r} must not start with 'sem.': that names Qt's semaphore of a key"
     if len(key) > MAX_KEY_BYTES:
         return f"key is {len(key)} bytes long; this system allows {MAX_KEY_BYTES}"
-    return None
-
-
-# Qt's System V key file name is "qipc_sharedmemory_", the key's letters and a 40-digit
-# sha1: one file name of at most 255 bytes, so a System V key has at most 197 letters.
-MAX_SYSTEM_V_LETTERS = 255 - len("qipc_sharedmemory_") - 40
-
-
-def system_v_key_problem(key):
-    """Return why key cannot name a Qt System V segment, or None if it can."""
-    letters = len(key_letters(key))
-    if letters > MAX_SYSTEM_V_LETTERS:
-        return (f"--sysv: key has {letters} letters; Qt's key file name allows "
-                f"{MAX_SYSTEM_V_LETTERS}")
+    if system_v and not SYSTEM_V_HERE:
+        return "Qt's System V segments are supported on 64-bit Linux only"
+    if system_v and len(key_letters(key)) > MAX_SYSTEM_V_LETTERS:
+        return (f"key has {len(key_letters(key))} letters; Qt's System V key file name "
+                f"allows {MAX_SYSTEM_V_LETTERS}")
     return None
 
 
@@ -156,132 +137,41 @@ def key_letters(key):
     return "".join(char for char in key if char.isascii() and char.isalpha())
 
 
-def sha1(text):
-    """The sha1 of text, in hex, as Qt's key file names hold it. Only a System V key file,
-    or a key too long for a file name, needs it: CPython's own _sha1 takes a tenth of the
-    time that hashlib (and its OpenSSL) takes to import."""
-    try:
-        from _sha1 import sha1
-    except ImportError:
-        from hashlib import sha1
-    return sha1(text.encode()).hexdigest()
+def qt_key_file(ipc_type, key):
+    """Qt's key file for a plain key: ipc_type is "sharedmemory" or "systemsem"."""
+    return os.path.join(os.path.normpath(os.environ.get("TMPDIR") or "/tmp"),
+                        f"qipc_{ipc_type}_{key_letters(key)}"
+                        f"{hashlib.sha1(key.encode()).hexdigest()}")
 
 
-# --- Telling the person: messages, --verbose, a failure in one line ---------------------------
+# --- Telling -----------------------------------------------------------------------------
 
-PROGRAM = os.path.basename(sys.argv[0])
-verbose = False  # --verbose: tell() says each step of the dance as it happens
-
-
-def say(message, end="\n"):
-    """A line for the person at the terminal, on stderr: stdout is for the text alone."""
-    print(message, end=end, file=sys.stderr, flush=True)
+PROGRAM = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python3"
+verbose = False  # set by --verbose: tell() then says each step as it happens
 
 
 def warn(message):
-    """A message, with or without --verbose: the program's name, then what happened."""
-    say(f"{PROGRAM}: {message}")
+    """One line on stderr, after the program's name: stdout is for the text alone."""
+    print(f"{PROGRAM}: {message}", file=sys.stderr, flush=True)
 
 
 def tell(step, how):
-    """With --verbose, one line: a step of the article's Qt program, and what does it
-    here. The steps are told where they happen, so the story is the code's own."""
+    """With --verbose: a step of the article's Qt program, and the call that does it."""
     if verbose:
-        say(f"{PROGRAM}: {step:<24} {how}")
+        warn(f"{step:<24} {how}")
 
 
-class Failure(Exception):
-    """A failure at run time: its message is the one line we say before exiting 1."""
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage error told in one line: exit status 2."""
 
-
-def one_line(error):
-    """A failure as one plain line: an OSError without Python's "[Errno N]"."""
-    if isinstance(error, OSError) and error.strerror:
-        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
-    return str(error)
-
-
-def usage_error(message):
-    """Exit 2 with one line that says what is wrong."""
-    warn(f"{message} (see --help)")
-    sys.exit(2)
-
-
-def process_name(pid):
-    """"show_shared.py (pid 4242)": the script (or program) that runs as pid, where Linux
-    tells it in /proc; else just the pid."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            args = cmdline.read().decode(errors="replace").split("\0")
-        if not args[0]:  # its first thread has ended: its command line is gone, its name not
-            with open(f"/proc/{pid}/comm") as comm:
-                args = [comm.read().strip()]
-    except OSError:
-        return f"pid {pid}"
-    scripts = [arg for arg in args[1:3] if arg.endswith(".py")]  # python3 SCRIPT ...
-    return f"{os.path.basename(scripts[0] if scripts else args[0])} (pid {pid})"
-
-
-def user_name(uid):
-    """The name of user uid, else the number."""
-    import pwd  # only a clash with another user needs it
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-# --- The command line ------------------------------------------------------------------------
-
-STDIN = object()  # the operand "-": read standard input (a "-" after "--" is plain text)
-
-
-def parse_command_line(usage, flags=(), valued=(), most_operands=0):
-    """Read sys.argv: return (key, options, operands). A small getopt for our small commands.
-
-    argparse would do the same, but importing and setting it up costs more time than all
-    the rest that these scripts do. "--key KEY" (or --key=KEY) and --verbose are understood
-    by both scripts. Each name in flags is True when given (a value is a usage error); each
-    name in valued is True, or its value when given as --NAME=VALUE. A lone "-" is STDIN,
-    unless it follows "--", which makes what follows plain operands.
-    -h/--help prints usage and exits 0; a bad command line exits 2.
-    """
-    global verbose
-    key, options, operands = DEFAULT_KEY, {}, []
-    args = iter(sys.argv[1:])
-    for arg in args:
-        name, equals, value = arg.partition("=")
-        if arg in ("-h", "--help"):
-            print(usage, end="")
-            sys.exit(0)
-        elif arg == "--":  # what follows is an operand, even "-" or one starting with "-"
-            operands.extend(args)
-        elif name == "--key":
-            key = value if equals else next(args, None)
-            if key is None:
-                usage_error("--key needs a KEY")
-        elif name == "--verbose" or name in flags:
-            if equals:
-                usage_error(f"{name} takes no value")
-            options[name] = True
-        elif name in valued:
-            options[name] = value if equals else True
-        elif arg.startswith("-") and arg != "-":
-            usage_error(f"unknown option {arg}")
-        else:
-            operands.append(STDIN if arg == "-" else arg)
-    verbose = options.pop("--verbose", False)
-    if len(operands) > most_operands:
-        usage_error(f"unexpected argument {operands[most_operands]!r}")
-    problem = key_problem(key)
-    if problem:
-        usage_error(problem)
-    return key, options, operands
+    def error(self, message):
+        warn(f"{message} (see --help)")
+        sys.exit(2)
 
 
 def fill_standard_fds():
-    """Put /dev/null where standard input, output or error is closed: else the next file
-    we open takes its number, and the text that we print would go into our lock file."""
+    """/dev/null where standard input, output or error is closed: else the next file we
+    open takes its number, and the text that we print would go into our lock file."""
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)
@@ -289,55 +179,36 @@ def fill_standard_fds():
             os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
 
 
-# --- Stop signals: Ctrl-C, SIGTERM and SIGHUP end every wait, never a step ------------------
-
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-stop_pipe = None  # the self-pipe's read end, while watch_stop_signals() watches
-
-
-def watch_stop_signals():
-    """Make Ctrl-C, SIGTERM and SIGHUP wake us where we wait, instead of ending us mid-step.
-
-    The self-pipe trick: a signal's only effect is a byte written to a pipe. Every wait of
-    ours watches that pipe (select, or stopped() between tries), and a stop signal also
-    ends a wait in sem_timedwait (EINTR); so a stop ends a wait at once, but never cuts a
-    write in half. A stop signal that we inherited as ignored (nohup's SIGHUP) stays so.
-    """
-    global stop_pipe
-    stop_pipe, write_end = os.pipe()
-    os.set_blocking(write_end, False)
-    signal.set_wakeup_fd(write_end)
-    for each in STOP_SIGNALS:
-        if signal.getsignal(each) != signal.SIG_IGN:
-            signal.signal(each, lambda signum, frame: None)  # the byte in the pipe is enough
+def one_line(error):
+    """An OSError as one plain line: "FILE: what went wrong", without "[Errno N]"."""
+    if not isinstance(error, OSError) or not error.strerror:
+        return str(error)
+    return f"{error.filename}: {error.strerror}" if isinstance(error.filename, str) \
+        else error.strerror
 
 
-def stopped():
-    """True once a stop signal has come (its byte waits in the pipe), or before we watch."""
-    return stop_pipe is None or bool(select.select([stop_pipe], [], [], 0)[0])
-
-
-def end_watching_stop_signals():
-    """Stop signals end us again as they would have; one that came meanwhile, now."""
-    global stop_pipe
-    os.set_blocking(stop_pipe, False)
+def process_name(pid):
+    """"show_shared.py (pid 4242)", as /proc tells it; else "pid 4242"."""
     try:
-        came = os.read(stop_pipe, 16)
-    except BlockingIOError:
-        came = b""
-    os.close(signal.set_wakeup_fd(-1))
-    os.close(stop_pipe)
-    stop_pipe = None
-    for each in STOP_SIGNALS:
-        if signal.getsignal(each) != signal.SIG_IGN:
-            signal.signal(each, signal.SIG_DFL)
-    if came:
-        os.kill(os.getpid(), came[0])
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            args = cmdline.read().decode(errors="replace").split("\0")
+    except OSError:
+        return f"pid {pid}"
+    scripts = [arg for arg in args[1:3] if arg.endswith(".py")]  # python3 SCRIPT ...
+    name = os.path.basename((scripts or args)[0])  # none: it is ending
+    return f"{name} (pid {pid})" if name else f"pid {pid}"
+
+
+def user_name(uid):
+    import pwd  # only another user's object needs it
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def waiting_notice(what, whom):
-    """A function to call as we wait: once we have waited a second, it says so, once, with
-    what we wait for and for whom (whom() says: "held by ..."). A wait is never silent."""
+    """A function to call while we wait: after a second it says, once, for whom we wait."""
     started, said = time.monotonic(), []
 
     def notice():
@@ -347,503 +218,462 @@ def waiting_notice(what, whom):
     return notice
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+def stop_like_ctrl_c():
+    """For a script's main(): SIGTERM and SIGHUP end it as Ctrl-C does, by raising
+    KeyboardInterrupt; a signal inherited as ignored (nohup's SIGHUP) stays ignored."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    for each in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(each) != signal.SIG_IGN:
+            signal.signal(each, stop)
+
+
+class signals_held:
+    """Hold stop signals off for a step that must not be cut in half (two system calls)."""
+
+    def __enter__(self):
+        self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+    def __exit__(self, *exception):
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
+
+
 # --- The lock file -------------------------------------------------------------------------
 
-DATA_LOCK, OWNER_LOCK, QT_TURN = 0, 1, 2  # byte offsets of the locks in the lock file
-LOCK_NAMES = {DATA_LOCK: "data", OWNER_LOCK: "owner", QT_TURN: "Qt turn"}
-LOGBOOK, QT_RECORD = 0, 1  # the file's two lines, each LINE bytes long
+TURN, OWNER = 0, 1  # the byte locks: our half of lock(); the loader's, for its whole life
+LOGBOOK, RECORD = 0, 1  # the file's two 64-byte lines
 LINE = 64
 
 
-class LockFileError(OSError):
-    """The lock file, or its directory, is not one we may use."""
+class LockFile:
+    """The key's lock file, qshm-KEY.lock, in a directory of this user's alone.
 
-
-def lock_dir(create):
-    """Where this user's lock files live, where no other user can write: $XDG_RUNTIME_DIR,
-    else a private directory of ours in the temporary directory ($TMPDIR, else /tmp),
-    made on first use with mode 0700, as tmux and ssh-agent do.
-
-    Either may be a trap (the temporary directory is everyone's, and the environment may
-    be another user's): anything that is not a directory of ours, closed to others, is
-    refused. Without create, return None if the directory is not there.
+    Byte TURN is our half of lock(): whoever of ours holds it is the only one of ours at
+    Qt's semaphore. Byte OWNER is held by the loader for its life. The kernel drops both
+    when their process dies, even by SIGKILL. Line LOGBOOK is the loader's: "PID writing
+    KIND" or "PID loaded KIND". Line RECORD is "PID inside DEV INO" while that process of
+    ours is inside Qt's POSIX semaphore (DEV INO: the semaphore's file).
+    One per path and process: closing any descriptor of a file drops all of the process's
+    fcntl locks on it, and fcntl locks do not exclude threads (so a thread lock does).
     """
+    opened = {}
+
+    @classmethod
+    def of(cls, key, create=True):
+        """The key's lock file; FileNotFoundError (without create) if there is none."""
+        path = lock_path(key, create)
+        if path not in cls.opened:
+            cls.opened[path] = cls(key, path, create)
+        return cls.opened[path]
+
+    def __init__(self, key, path, create):
+        self.key, self.path, self.threads = key, path, threading.Lock()
+        try:  # O_NOFOLLOW: never a symlink; O_NONBLOCK: a FIFO planted there must not hang us
+            self.fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK |
+                              (os.O_CREAT if create else 0), 0o600)
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            raise PermissionError(errno.EPERM, f"lock file {path} is a symlink; refusing to "
+                                  "follow it" if os.path.islink(path) else
+                                  f"cannot open lock file {path}: {error.strerror}") from None
+        info = os.fstat(self.fd)
+        problem = ("is not a regular file" if not stat.S_ISREG(info.st_mode) else
+                   f"belongs to user {user_name(info.st_uid)}, not to us"
+                   if info.st_uid != os.geteuid() else None)
+        if problem:
+            os.close(self.fd)
+            raise PermissionError(errno.EPERM, f"lock file {path} {problem}; refusing to use it")
+        tell("our lock file", f"open {path}")
+
+    def lock(self, which, wait=True, what=None):
+        """Take byte lock which (exclusive); False if it is held and we may not wait. fcntl
+        has no timed wait, so a wait tries every 20 ms, to say for whom it waits."""
+        if which == TURN and not self.threads.acquire(blocking=wait):
+            return False
+        notice = waiting_notice(what or f"the lock on key {self.key!r} ({self.path})",
+                                lambda: f"held by {self.holder(which)}")
+        try:
+            while True:
+                try:
+                    fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, which)
+                    return True
+                except (BlockingIOError, PermissionError):  # EAGAIN or EACCES, by platform
+                    if not wait:
+                        break
+                notice()
+                time.sleep(0.02)
+        except BaseException:
+            if which == TURN:
+                self.threads.release()
+            raise
+        if which == TURN:
+            self.threads.release()
+        return False
+
+    def unlock(self, which):
+        fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, which)
+        if which == TURN:
+            self.threads.release()
+
+    def holder(self, which):
+        """Who holds byte lock which, as fcntl(F_GETLK) tells (64-bit Linux's struct flock)."""
+        wanted = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, which, 1, 0)
+        try:
+            kind, _, _, _, pid = struct.unpack("hhqqi4x", fcntl.fcntl(
+                self.fd, fcntl.F_GETLK, wanted))
+        except OSError:
+            return "another process"
+        return process_name(pid) if kind != fcntl.F_UNLCK and pid else "another process"
+
+    def read(self, line):
+        """The words of one line (LOGBOOK or RECORD); [] if it is empty."""
+        return os.pread(self.fd, LINE, line * LINE).decode("ascii", "replace").split()
+
+    def logbook(self):
+        """(pid, state, kind) in the LOGBOOK line, (None, None, None) if it is empty; a kind
+        we do not know (a newer loader's, or a broken one's) reads as "posix"."""
+        words = self.read(LOGBOOK)
+        if len(words) < 2 or not words[0].isdigit():
+            return None, None, None
+        return int(words[0]), words[1], "sysv" if words[2:] == ["sysv"] else "posix"
+
+    def write(self, line, text):
+        """Write one line, padded, so that no tail of a longer one stays behind."""
+        os.pwrite(self.fd, text.ljust(LINE - 1).encode() + b"\n", line * LINE)
+
+
+def lock_path(key, create=False):
+    """qshm-KEY.lock in $XDG_RUNTIME_DIR, else in $TMPDIR/qshm-UID (or /tmp/qshm-UID), made
+    with mode 0700 on first use, as tmux does. Either may be a trap: anything but a
+    directory of ours that others cannot write is refused (PermissionError)."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    path = runtime or os.path.join(os.environ.get("TMPDIR") or "/tmp", f"qshm-{os.geteuid()}")
+    folder = runtime or os.path.join(os.environ.get("TMPDIR") or "/tmp", f"qshm-{os.geteuid()}")
     if create and not runtime:
         try:
-            os.mkdir(path, 0o700)
+            os.mkdir(folder, 0o700)
         except FileExistsError:
             pass
     try:
-        info = os.lstat(path)  # lstat: a symlink is not our directory
+        info = os.lstat(folder)  # lstat: a symlink is not our directory
     except FileNotFoundError:
-        return None
+        raise FileNotFoundError(f"no lock directory {folder}") from None
     problem = ("is not a directory" if not stat.S_ISDIR(info.st_mode) else
                f"belongs to user {user_name(info.st_uid)}" if info.st_uid != os.geteuid() else
                f"may be written by others (mode {info.st_mode & 0o777:o})"
                if info.st_mode & 0o022 else None)
     if problem:
-        raise LockFileError(f"{path} {problem}; refusing to keep lock files there")
-    return path
+        raise PermissionError(errno.EPERM, f"{folder} {problem}; refusing to keep lock files "
+                              "there")
+    # A key too long for a file name is named by its sha1, with an ending no plain name has.
+    name = f"qshm-{key}.lock" if len(key) <= 245 else \
+        f"qshm-{hashlib.sha1(key.encode()).hexdigest()}.sha1"
+    return os.path.join(folder, name)
 
 
-def lock_path(key, create=False):
-    """The key's lock file, qshm-KEY.lock in lock_dir(); None if that is not there."""
-    folder = lock_dir(create)
-    name = f"qshm-{key}.lock"
-    if len(name) > 255:  # a key near the limit: keep the file name legal, and unique
-        name = f"qshm-{key[:200]}-{sha1(key)}.lock"
-    return folder and os.path.join(folder, name)
+@dataclasses.dataclass
+class Loader:
+    """The last load_shared.py under a key, as its logbook and its OWNER lock tell."""
+    pid: int
+    alive: bool
+    writing: bool  # its segment may hold half a text (System V, while it writes)
+    kind: str  # "posix" or "sysv"
 
 
-class Logbook:
-    """What the loader's logbook says: pid, the last loader; state, "writing" (its segment
-    may hold half a text) or "loaded"; tag, the kind of its segment, as SegmentKind.tag
-    names it ("posix", "sysv")."""
+# --- The C library ---------------------------------------------------------------------------
 
-    def __init__(self, pid, state, tag):
-        self.pid, self.state, self.tag = pid, state, tag
-
-
-class LockFile:
-    """The key's lock file (see the top of this module): its byte locks, and its two lines.
-
-    A process opens it once and keeps it open: fcntl locks are the process's, and closing
-    any descriptor of the file lets go of them all (a pitfall of POSIX record locks)."""
-
-    def __init__(self, key, create=True):
-        """Open (with create, make: mode 0600) the key's lock file.
-
-        Without create, FileNotFoundError if it is not there: then no loader of ours has
-        run under this key, and a viewer leaves nothing behind. Even in our own directory,
-        a symlink is never followed (O_NOFOLLOW), and a file that is not a regular file of
-        ours is refused, never truncated or chmod-ed.
-        """
-        self.key, self.path = key, lock_path(key, create)
-        if self.path is None:
-            raise FileNotFoundError(f"no lock file for key {key!r}")
-        try:
-            # O_NONBLOCK: opening a FIFO planted there must not hang us.
-            fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK |
-                         (os.O_CREAT if create else 0), 0o600)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no lock file {self.path}") from None
-        except OSError as error:
-            if os.path.islink(self.path):
-                raise LockFileError(f"lock file {self.path} is a symlink; "
-                                    "refusing to follow it") from None
-            raise LockFileError(f"cannot open lock file {self.path}: {error.strerror}") from None
-        info = os.fstat(fd)
-        problem = ("is not a regular file" if not stat.S_ISREG(info.st_mode) else
-                   f"belongs to user {info.st_uid}, not to us" if info.st_uid != os.geteuid()
-                   else None)
-        if problem:
-            os.close(fd)
-            raise LockFileError(f"lock file {self.path} {problem}; refusing to use it")
-        self.fd = fd
-        tell("our lock file", f"open {self.path}")
-
-    def lock(self, which, exclusive, step=None, wait=True, give_up=lambda: False,
-             waiting_for=None, held_by="held by {}"):
-        """Take one of the byte locks; return False if someone holds it and we may not
-        wait, or give_up() says to stop waiting (a stop signal came).
-
-        fcntl has no timed wait, so a wait is a try every 10 ms: that lets us say, after a
-        second, that we wait and for whom, and stop when told, instead of hanging.
-        """
-        notice = waiting_notice(waiting_for or f"the lock on key {self.key!r} ({self.path})",
-                                lambda: held_by.format(self.holder(which, exclusive)))
-        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        while True:
-            try:
-                fcntl.lockf(self.fd, mode | fcntl.LOCK_NB, 1, which)
-                break
-            except (BlockingIOError, PermissionError):  # EAGAIN or EACCES, by platform
-                if not wait or give_up():
-                    return False
-            notice()
-            time.sleep(0.01)
-        if step:
-            tell(step, f"fcntl: {'exclusive' if exclusive else 'shared'} lock on byte "
-                       f"{which} ({LOCK_NAMES[which]}) of our lock file")
-        return True
-
-    def unlock(self, which, step=None):
-        fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, which)
-        if step:
-            tell(step, f"fcntl: unlock byte {which} ({LOCK_NAMES[which]}) of our lock file")
-
-    def holder(self, which, exclusive):
-        """Who holds the byte lock that we wait for, as fcntl(F_GETLK) tells (Linux)."""
-        if not sys.platform.startswith("linux"):
-            return "another process"
-        # struct flock, as 64-bit Linux lays it out: type, whence, start, len, pid.
-        wanted = struct.pack("hhqqi4x", fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK,
-                             os.SEEK_SET, which, 1, 0)
-        kind, _, _, _, pid = struct.unpack("hhqqi4x", fcntl.fcntl(self.fd, fcntl.F_GETLK,
-                                                                  wanted))
-        if kind == fcntl.F_UNLCK:
-            return "another process"
-        # pid 0: a process that this PID namespace does not show
-        return process_name(pid) if pid else "a process in another PID namespace"
-
-    def read_line(self, line):
-        """The words of one of the file's two lines (LOGBOOK, QT_RECORD); [] if it is empty."""
-        return os.pread(self.fd, LINE, line * LINE).decode("ascii", "replace").split()
-
-    def write_line(self, line, text):
-        """Write one line, padded to its full length, so that no tail of a longer line
-        that was there before stays behind."""
-        os.pwrite(self.fd, text.ljust(LINE - 1).encode() + b"\n", line * LINE)
-
-    def read_logbook(self):
-        """Return the Logbook (pid, state, kind's tag) in the file, or None if it is empty.
-        A tag we do not know (a newer, or a broken, loader's) is read as POSIX's."""
-        words = self.read_line(LOGBOOK)
-        if len(words) >= 2 and words[0].isdigit():
-            tag = words[2] if len(words) > 2 and words[2] in KINDS else Posix.tag
-            return Logbook(int(words[0]), words[1], tag)
-        return None
-
-    def write_logbook(self, state, kind=None):
-        """Note "PID state tag" in the file; an empty state empties it."""
-        line = f"{os.getpid()} {state} {kind.tag}" if state else ""
-        self.write_line(LOGBOOK, line)
-        tell("logbook", f"{line or '(empty)'} in our lock file")
-
-    def lockers(self):
-        """The pids of the processes that hold a byte lock on this file (Linux's /proc/locks:
-        "1: POSIX  ADVISORY  READ 4242 00:2b:1234 0 0"): our own loader and viewers."""
-        info = os.fstat(self.fd)
-        where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
-        try:
-            with open("/proc/locks") as locks:
-                return {int(fields[4]) for fields in (line.split() for line in locks)
-                        if len(fields) > 5 and fields[1] == "POSIX" and fields[5] == where}
-        except OSError:
-            return set()
-
-    def owner_alive(self):
-        """True if a loader holds this key now: we try its OWNER_LOCK and let go at once.
-
-        Call it only while holding DATA_LOCK, and never in the loader itself: a loader
-        tries OWNER_LOCK only while it holds DATA_LOCK exclusively, so the two never meet.
-        """
-        if self.lock(OWNER_LOCK, exclusive=False, wait=False):
-            self.unlock(OWNER_LOCK)
-            return False
-        return True
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = libc.sem_open.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+libc.shmdt.argtypes = libc.sem_post.argtypes = libc.sem_close.argtypes = [ctypes.c_void_p]
+libc.sem_trywait.argtypes = [ctypes.c_void_p]
+libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
+libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+IPC_CREAT, IPC_EXCL, IPC_NOWAIT, IPC_RMID, IPC_STAT = 0o1000, 0o2000, 0o4000, 0, 2
+SETVAL, GETPID, GETVAL, SEM_UNDO, SHM_RDONLY = 16, 11, 12, 0x1000, 0o10000
 
 
-# --- The C library: System V and Qt's locks, through ctypes ------------------------------------
-#
-# Qt's locks and System V segments are reached through ctypes on the C library, with the
-# calls the article's Qt program makes. ctypes costs milliseconds to import, which a
-# viewer with nothing to lock need not pay: load_c_library() loads it on first use.
-
-libc = ctypes = None
-SYSTEM_V_HERE = sys.platform.startswith("linux") and sys.maxsize > 2 ** 32  # 64-bit Linux
-IPC_CREAT, IPC_EXCL, IPC_RMID, IPC_STAT = 0o1000, 0o2000, 0, 2
-SETVAL, GETPID, SEM_UNDO, SHM_RDONLY, MADV_POPULATE_READ = 16, 11, 0x1000, 0o10000, 22
-QT_FTOK_ID = ord("Q")  # Qt's ftok() project id: the IPC key reads 0x51...... in `ipcs`
+class ShmidDs(ctypes.Structure):
+    """struct shmid_ds as 64-bit Linux lays it out (x86-64 and aarch64 alike)."""
+    _fields_ = [("ipc_key", ctypes.c_int32), ("uid", ctypes.c_uint32),
+                ("gid", ctypes.c_uint32), ("cuid", ctypes.c_uint32), ("cgid", ctypes.c_uint32),
+                ("mode", ctypes.c_uint32), ("perm_rest", ctypes.c_byte * 24),
+                ("segsz", ctypes.c_size_t), ("times", ctypes.c_int64 * 3),
+                ("cpid", ctypes.c_int32), ("lpid", ctypes.c_int32), ("nattch", ctypes.c_uint64),
+                ("reserved", ctypes.c_uint64 * 2)]
 
 
-def load_c_library():
-    """The C library this Python runs on, and the C structures we pass it (once)."""
-    global libc, ctypes, ShmidDs, Sembuf, Timespec
-    if libc:
-        return libc
-    import ctypes
-
-    class ShmidDs(ctypes.Structure):
-        """struct shmid_ds as 64-bit Linux lays it out (x86-64 and aarch64 alike)."""
-        _fields_ = [("ipc_key", ctypes.c_int32), ("uid", ctypes.c_uint32),
-                    ("gid", ctypes.c_uint32), ("cuid", ctypes.c_uint32),
-                    ("cgid", ctypes.c_uint32), ("mode", ctypes.c_uint32),
-                    ("perm_rest", ctypes.c_byte * 24), ("segsz", ctypes.c_size_t),
-                    ("times", ctypes.c_int64 * 3), ("cpid", ctypes.c_int32),
-                    ("lpid", ctypes.c_int32), ("nattch", ctypes.c_uint64),
-                    ("reserved", ctypes.c_uint64 * 2)]
-
-    class Sembuf(ctypes.Structure):
-        _fields_ = [("num", ctypes.c_ushort), ("op", ctypes.c_short),
-                    ("flags", ctypes.c_short)]
-
-    class Timespec(ctypes.Structure):
-        _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
-
-    loaded = ctypes.CDLL(None, use_errno=True)
-    loaded.shmat.restype = loaded.sem_open.restype = ctypes.c_void_p
-    loaded.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
-    loaded.shmdt.argtypes = loaded.sem_post.argtypes = loaded.sem_close.argtypes = [
-        ctypes.c_void_p]
-    loaded.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
-    loaded.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
-    loaded.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    libc = loaded
-    return libc
+class Sembuf(ctypes.Structure):
+    _fields_ = [("num", ctypes.c_ushort), ("op", ctypes.c_short), ("flags", ctypes.c_short)]
 
 
-def c_call(result, name):
-    """Return result, or raise the C library's errno as an OSError (FileNotFoundError, ...)."""
+class Timespec(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+
+
+def c_call(result, what):
+    """result, or the C library's errno raised as an OSError (FileNotFoundError...)."""
     if result == -1 or result is None:  # None: a NULL pointer, as sem_open fails
         code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), name)
+        raise OSError(code, os.strerror(code), what)
     return result
 
 
-# --- The two kinds of segment ----------------------------------------------------------------
+# --- The two kinds of segment, each with its kind of Qt's lock --------------------------------
 
-class Owned:
-    """Something under a key, and whose it is: what, "segment /KEY" (or Qt's lock, or a key
-    file); uid, its owner; removal, the command that removes it (for root); note, what more
-    can be told, such as that nobody is attached to it."""
+class Mapping:
+    """A segment mapped into this process: buf (a memoryview) and const (read-only), size,
+    close(); ident, what names it (a POSIX segment's name, a System V shmid)."""
 
-    def __init__(self, what, uid, removal, note):
-        self.what, self.uid, self.removal, self.note = what, uid, removal, note
+    def __init__(self, buf, close, ident):
+        self.buf, self.const, self.size = buf, buf.toreadonly(), len(buf)
+        self._close, self.ident = close, ident
 
-
-class SegmentKind:
-    """What a kind of segment does: Posix and SystemV each do every step their own way.
-
-    Qt names a segment in one of two ways, and each way has its own kind of lock:
-      Posix    QSharedMemory(QSharedMemory::platformSafeKey("KEY")), Qt 6.6 and later: the
-               POSIX segment /KEY, locked with the POSIX named semaphore /KEY.
-      SystemV  QSharedMemory("KEY") or setKey("KEY"), as the article and every Qt 5 program
-               write it (a "legacy" key): a System V segment found through ftok() of a key
-               file in the temporary directory, locked with a System V semaphore found the
-               same way.
-    A segment, as make() and attach() return it, has .buf (its bytes), .size, and close().
-    """
-    tag = ""  # how the loader's logbook names this kind: "posix" or "sysv"
-    replaces_at_once = False  # can a new segment take the old one's place under the key?
-
-    def __init__(self, key):
-        self.key = key
-        self.label = key  # how messages name the segment: "/KEY", "KEY (System V)"
-
-    def exists(self):
-        """Is a segment there under the key, anyone's?"""
-        raise NotImplementedError
-
-    def make(self, size):
-        """A new segment of size bytes, attached for writing, as Qt's create(). Where a new
-        one can take the old one's place at once, it is made beside it, out of readers'
-        sight, until put_in_place(). FileExistsError if one is there."""
-        raise NotImplementedError
-
-    def put_in_place(self, segment, old=None):
-        """Give the new segment the key, at once, in place of old (ours); with no old,
-        FileExistsError if another program made a segment under the key meanwhile."""
-        raise NotImplementedError
-
-    def attach(self):
-        """The segment under the key, attached read-only: FileNotFoundError if none."""
-        raise NotImplementedError
-
-    def detach(self, segment):
-        """Let go of our mapping of segment; the segment stays."""
-        raise NotImplementedError
-
-    def remove(self, segment=None):
-        """Remove the segment under the key (by segment, ours, or else the one found); who
-        maps it still keeps its memory until they detach."""
-        raise NotImplementedError
-
-    def clear_unfinished(self):
-        """Remove a segment that a loader of ours was making, out of sight, when it died."""
-
-    def attached_count(self):
-        """How many processes map the segment under the key: 0 means nobody (its maker
-        died); None, that this kind cannot tell."""
-        return None
-
-    def owners(self):
-        """[Owned] for whatever is under the key (the segment, Qt's lock, key files)."""
-        raise NotImplementedError
-
-    def open_qt_lock(self, lock_file=None, create=False):
-        """Qt's lock for this kind of segment: PosixSemaphore or SystemVSemaphore. create is
-        Qt's create(): make it if need be, and remove it when we quit."""
-        raise NotImplementedError
+    def close(self):
+        self.const.release()
+        self.buf.release()
+        self._close()
 
 
-# Where a POSIX segment is a file of /dev/shm (Linux), a new one can take the old one's
-# name at once (rename), as an atomic file replace does: it is made and written under a
-# temporary name, the key and the character DEL, which no key of ours can hold.
-RENAME_HERE = sys.platform.startswith("linux")
-TEMPORARY = "\x7f"
+class Posix:
+    """The POSIX segment /KEY (the file /dev/shm/KEY on Linux), locked by the POSIX named
+    semaphore /KEY (/dev/shm/sem.KEY), as Qt 6's platformSafeKey("KEY") makes them.
 
-
-def untracked():
-    """The SharedMemory() arguments for a segment whose life is ours alone to end.
-
-    Up to 3.12, every SharedMemory, even one that only attaches, registers with the
-    resource tracker: a helper process that unlinks the segment when *this* process exits,
-    and warns of a "leak". 3.13 has track=False for that; before, there is no such
-    argument (a TypeError), so this tells the tracker nothing, for this whole process, and
-    returns no argument at all.
-    """
-    if sys.version_info >= (3, 13):
-        return {"track": False}
-    from multiprocessing import resource_tracker
-    resource_tracker.register = resource_tracker.unregister = lambda name, rtype: None
-    return {}
-
-
-class Posix(SegmentKind):
-    """The POSIX segment /KEY (a file in /dev/shm on Linux), as Qt 6's platformSafeKey."""
+    Segments are made and mapped with _posixshmem, the C half of multiprocessing's
+    SharedMemory, which cannot do it here: it cannot map read-only; a reader's failed
+    mmap unlinks the segment (CPython issue 153279); and before 3.13 it hands each segment
+    to the resource tracker, which removes it when we exit."""
     tag = "posix"
-    replaces_at_once = RENAME_HERE
 
     def __init__(self, key):
-        super().__init__(key)
-        self.name = self.label = "/" + key  # its name, and the name of Qt's semaphore for it
+        self.key, self.name = key, "/" + key
+        self.label = self.native = self.name
+        # A new text is made beside the old one, under a name that nobody can guess.
+        self.beside = (key if len(key) <= 230 else hashlib.sha1(key.encode()).hexdigest()) \
+            + "\x7f"
 
-    def exists(self):
-        import _posixshmem  # the C module behind SharedMemory (a viewer needs no more)
-        try:
-            # O_NONBLOCK: opening a FIFO planted there must not hang us.
-            os.close(_posixshmem.shm_open(self.name, os.O_RDONLY | os.O_NONBLOCK))
-        except FileNotFoundError:
-            return False
-        except PermissionError:  # there, but another user's
-            pass
-        return True
-
-    def make(self, size):
-        """(shm_open + ftruncate, by SharedMemory) Where it can take the key's name at once,
-        under the temporary name, which no reader opens; elsewhere under the key's name."""
-        from multiprocessing.shared_memory import SharedMemory  # only a loader makes one
-        name = self.key + (TEMPORARY if self.replaces_at_once else "")
-        segment = SharedMemory(name, create=True, size=size, **untracked())
-        if hasattr(os, "posix_fallocate"):
-            # A new segment is sparse: its pages are found only when first written, and a
-            # full /dev/shm then kills us with SIGBUS. Reserving them now turns that into
-            # an OSError (ENOSPC) we can report.
+    def make(self, size, beside=False):
+        """shm_open(O_CREAT|O_EXCL, 0600), ftruncate, mmap; beside: under a name of its own,
+        out of readers' sight until put_in_place() (on a clash, another)."""
+        while True:
+            name = self.beside + secrets.token_hex(8) if beside else self.key
             try:
-                os.posix_fallocate(segment._fd, 0, size)
-            except OSError:
-                segment.close()
-                segment.unlink()
-                raise
-        tell(f"create({size})", "shm_open(O_CREAT|O_EXCL) + ftruncate + mmap: " + (
-            f"{self.name} + DEL, a temporary name" if self.replaces_at_once else self.name))
-        return segment
-
-    def put_in_place(self, segment, old=None):
-        if not self.replaces_at_once:
-            return  # it has the key's name already
-        made, final = f"/dev/shm/{self.key}{TEMPORARY}", f"/dev/shm/{self.key}"
-        replacing = old and os.stat(final).st_ino == os.fstat(old._fd).st_ino
+                fd = _posixshmem.shm_open("/" + name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                break
+            except FileExistsError:
+                if not beside:
+                    raise
         try:
-            if replacing:
-                os.rename(made, final)  # readers find the old text, or the new: never none
-            else:  # first load, or our old one is not there: never replace another's
+            os.ftruncate(fd, size)
+            if hasattr(os, "posix_fallocate"):  # pages now: a full /dev/shm is ENOSPC, no SIGBUS
+                os.posix_fallocate(fd, 0, size)
+            memory = mmap.mmap(fd, size)
+        except BaseException:
+            _posixshmem.shm_unlink("/" + name)
+            raise
+        finally:
+            os.close(fd)
+        tell(f"create({size})", "shm_open(O_CREAT|O_EXCL) + ftruncate + mmap: " +
+             (f"beside {self.name}, under a name of its own" if beside else self.name))
+        return Mapping(memoryview(memory), memory.close, name)
+
+    def put_in_place(self, new, old):
+        """Give new (made beside) the key's name at once: rename over our old one, so that
+        readers find the old text or the new, never none; else link, which never replaces
+        another program's segment (FileExistsError)."""
+        made, final = f"/dev/shm/{new.ident}", f"/dev/shm/{self.key}"
+        try:
+            if old and same_file(final, f"/dev/shm/{old.ident}"):
+                os.rename(made, final)
+            else:
                 os.link(made, final)
         finally:
             if os.path.lexists(made):
                 os.unlink(made)
-        tell("put in place", f"{'rename' if replacing else 'link'} to {self.name}, at once")
+        new.ident = self.key
+        tell("put in place", f"{'rename' if old else 'link'} to {self.name}, at once")
 
-    def attach(self):
-        """(shm_open + mmap) Not with SharedMemory(name): when its mmap fails (a memory
-        limit, say), it unlinks the segment, so a failed reader would destroy the loader's
-        text (CPython issue 153279). A reader here can change nothing: it maps the pages
-        read-only."""
-        segment = ReadOnlySegment(self.name)
-        tell("attach()", f"shm_open(O_RDONLY) + mmap: {self.name}, {segment.size} bytes")
-        return segment
-
-    def detach(self, segment):
-        segment.close()
-        tell("detach()", f"munmap: {self.name}")
-
-    def remove(self, segment=None):
-        """(shm_unlink, by name) SharedMemory.unlink() needs the segment mapped first, which
-        fails for a 0-byte segment left by a crash, and before 3.13 it calls the resource
-        tracker."""
-        import _posixshmem
-        try:
-            _posixshmem.shm_unlink(self.name)
-        except FileNotFoundError:
-            return
-        tell("remove", f"shm_unlink: {self.name} is gone (mappings stay until unmapped)")
-
-    def clear_unfinished(self):
-        made = f"/dev/shm/{self.key}{TEMPORARY}"
-        if self.replaces_at_once and os.path.lexists(made) and \
-                os.lstat(made).st_uid == os.geteuid():
-            os.unlink(made)
-            tell("remove", f"unlink {self.name} + DEL: a dead loader's unfinished segment")
-
-    def owners(self):
-        """On Linux the segment and Qt's semaphore are files in /dev/shm, which anyone may
-        lstat (never following a symlink)."""
-        found = []
-        for what, path in ((f"segment {self.name}", f"/dev/shm/{self.key}"),
-                           (f"Qt's lock {self.name}", f"/dev/shm/sem.{self.key}")):
-            try:
-                found.append(Owned(what, os.lstat(path).st_uid, f"rm {path}", ""))
-            except OSError:
-                pass
-        return found
-
-    def open_qt_lock(self, lock_file=None, create=False):
-        return PosixSemaphore(self.name, create, lock_file)
-
-
-class ReadOnlySegment:
-    """A POSIX segment mapped read-only: .buf and .size, as SharedMemory has, and close()."""
-
-    def __init__(self, name):
-        import mmap
-        import _posixshmem
-        fd = _posixshmem.shm_open(name, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO: no hang
+    def attach(self, writable):
+        """shm_open + mmap, PROT_READ unless writable: a reader can change nothing."""
+        fd = _posixshmem.shm_open(self.name, (os.O_RDWR if writable else os.O_RDONLY) |
+                                  os.O_NONBLOCK, 0)  # O_NONBLOCK: a FIFO there must not hang us
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
-                raise OSError(f"{name} is not a shared-memory segment (a FIFO or device "
-                              "stands in its place); leaving it alone")
-            self.size = info.st_size
-            # mmap cannot map 0 bytes: a 0-byte segment reads as no bytes.
-            self._map = mmap.mmap(fd, self.size, prot=mmap.PROT_READ) if self.size else b""
+                raise OSError(errno.EINVAL, f"{self.name} is not a shared-memory segment (a FIFO "
+                              "or device stands in its place); leaving it alone")
+            memory = mmap.mmap(fd, info.st_size, prot=mmap.PROT_READ | (
+                mmap.PROT_WRITE if writable else 0)) if info.st_size else b""
         finally:
             os.close(fd)
-        self.buf = memoryview(self._map)
+        tell("attach()", f"shm_open + mmap{'' if writable else '(PROT_READ)'}: {self.name}, "
+                         f"{info.st_size} bytes")
+        return Mapping(memoryview(memory), getattr(memory, "close", lambda: None), self.key)
 
-    def close(self):
-        self.buf.release()
-        if self._map:
-            self._map.close()
+    def remove(self, mapping=None):
+        """shm_unlink: the name goes; whoever maps it keeps it until they unmap."""
+        with contextlib.suppress(FileNotFoundError):
+            _posixshmem.shm_unlink("/" + (mapping.ident if mapping else self.key))
+            tell("remove", f"shm_unlink: {self.name}")
+
+    def clear_unfinished(self):
+        """Remove what a dead loader of ours was making beside the old text."""
+        for name in os.listdir("/dev/shm") if RENAME_HERE else ():
+            if name.startswith(self.beside) and \
+                    os.lstat(f"/dev/shm/{name}").st_uid == os.geteuid():
+                os.unlink(f"/dev/shm/{name}")
+
+    def exists(self):
+        try:
+            os.close(_posixshmem.shm_open(self.name, os.O_RDONLY | os.O_NONBLOCK, 0))
+        except FileNotFoundError:
+            return False
+        except PermissionError:  # there, another user's
+            pass
+        return True
+
+    def attached_count(self):
+        return None  # POSIX does not count them
+
+    def others(self):
+        """(what, uid, how root removes it, note) of what others have under the key."""
+        found = []
+        for what, path in ((f"segment {self.name}", f"/dev/shm/{self.key}"),
+                           (f"Qt's lock {self.name}", f"/dev/shm/sem.{self.key}")):
+            with contextlib.suppress(OSError):
+                found.append((what, os.lstat(path).st_uid, f"rm {path}", ""))
+        return [each for each in found if each[1] != os.geteuid()]
+
+    def semaphore(self, create):
+        return PosixSemaphore(self.name, create)
 
 
-def qt_key_file(ipc_type, key):
-    """Qt's key file for a legacy key: qipc_<ipc_type>_<the key's letters><sha1 of the key>,
-    in QDir::tempPath() ($TMPDIR, else /tmp). ipc_type is "sharedmemory" for the segment and
-    "systemsem" for its semaphore."""
-    return os.path.join(os.path.normpath(os.environ.get("TMPDIR") or "/tmp"),
-                        f"qipc_{ipc_type}_{key_letters(key)}{sha1(key)}")
+class SystemV:
+    """Qt's System V segment for a plain key, locked by a System V semaphore: both found by
+    ftok() of Qt's key files in the temporary directory, as the article's program does."""
+    tag = "sysv"
+
+    def __init__(self, key):
+        self.key, self.label = key, f"{key} (System V)"
+        self.key_file = KeyFile(qt_key_file("sharedmemory", key))
+        self.lock_key_file = KeyFile(qt_key_file("systemsem", key))
+        self.native = self.key_file.path
+
+    def shmid(self):
+        """shmget(ftok(key file)): FileNotFoundError if there is none."""
+        return c_call(libc.shmget(self.key_file.ipc_key(create=False), 0, 0), self.label)
+
+    def make(self, size, beside=False):
+        """shmget(IPC_CREAT|IPC_EXCL) + shmat. A key names one segment: never beside."""
+        key = self.key_file.ipc_key(create=True)
+        shmid = c_call(libc.shmget(key, size, 0o600 | IPC_CREAT | IPC_EXCL), self.label)
+        try:
+            mapping = self.mapped(shmid, writable=True)
+        except OSError:  # no address space for it, say: it must not stay under the key
+            libc.shmctl(shmid, IPC_RMID, None)
+            raise
+        tell(f"create({size})", f"shmget(IPC_CREAT|IPC_EXCL) + shmat: shmid {shmid}")
+        return mapping
+
+    def put_in_place(self, new, old):
+        """Nothing to do: make() made it under the key."""
+
+    def attach(self, writable):
+        mapping = self.mapped(self.shmid(), writable)
+        tell("attach()", f"shmget + shmat{'' if writable else '(SHM_RDONLY)'}: shmid "
+                         f"{mapping.ident}, {mapping.size} bytes")
+        return mapping
+
+    def mapped(self, shmid, writable):
+        address = libc.shmat(shmid, None, 0 if writable else SHM_RDONLY)
+        if address == ctypes.c_void_p(-1).value:
+            c_call(-1, f"shmat {shmid}")
+        memory = (ctypes.c_ubyte * shm_status(shmid).segsz).from_address(address)
+        view = memoryview(memory).cast("B")
+        return Mapping(view if writable else view.toreadonly(),
+                       lambda: libc.shmdt(ctypes.c_void_p(address)), shmid)
+
+    def remove(self, mapping=None):
+        """IPC_RMID, and Qt's key file, as Qt's last detach() does. The key is free at once;
+        whoever is attached keeps the memory until they detach."""
+        try:
+            shmid = mapping.ident if mapping else self.shmid()
+            c_call(libc.shmctl(shmid, IPC_RMID, None), self.label)
+            tell("remove", f"shmctl(IPC_RMID): shmid {shmid}")
+        except OSError as error:
+            if error.errno not in (errno.ENOENT, errno.EINVAL, errno.EIDRM):
+                raise
+        self.key_file.remove()
+
+    def clear_unfinished(self):
+        """Nothing: a System V segment is made under the key at once."""
+
+    def exists(self):
+        try:
+            self.shmid()
+        except OSError:
+            return False
+        return True
+
+    def attached_count(self):
+        return shm_status(self.shmid()).nattch
+
+    def others(self):
+        """What others have under the key: what /proc/sysvipc lists, then key files."""
+        found, files = [], []
+        for what, table, key_file in ((f"segment {self.label}", "shm", self.key_file),
+                                      (f"Qt's lock for {self.label}", "sem",
+                                       self.lock_key_file)):
+            try:
+                uid = os.lstat(key_file.path).st_uid
+                files.append((f"Qt's key file {key_file.path}", uid, f"rm {key_file.path}", ""))
+                key = key_file.ipc_key(create=False)
+            except OSError:
+                continue
+            with open(f"/proc/sysvipc/{table}") as listing:
+                columns = listing.readline().split()
+                for row in (dict(zip(columns, line.split())) for line in listing):
+                    if int(row["key"]) == key:
+                        found.append((what, int(row["uid"]), f"ipcrm -{'m' if table == 'shm' else 's'} "
+                                      f"{row.get('shmid') or row['semid']}",
+                                      " and nobody is attached to it (its loader is gone)"
+                                      if row.get("nattch") == "0" else ""))
+        return [each for each in found + files if each[1] != os.geteuid()]
+
+    def semaphore(self, create):
+        return SystemVSemaphore(self.lock_key_file, create, self.label)
 
 
-class KeyFileError(OSError):
-    """A Qt key file that we must not use."""
+def whose(owned):
+    """"segment /KEY belongs to user alice", and what more is known of it."""
+    return f"{owned[0]} belongs to user {user_name(owned[1])}{owned[3]}"
+
+
+def shm_status(shmid):
+    status = ShmidDs()
+    c_call(libc.shmctl(shmid, IPC_STAT, ctypes.byref(status)), f"shmid {shmid}")
+    return status
+
+
+def same_file(path, other):
+    try:
+        return os.path.samestat(os.lstat(path), os.lstat(other))
+    except OSError:
+        return False
 
 
 class KeyFile:
-    """One of Qt's key files: ftok() turns its inode into the number by which the kernel
-    knows a System V segment or semaphore. It remembers the inode that we made, if we did."""
+    """One of Qt's key files: ftok() turns its inode into the kernel's IPC key. The
+    temporary directory is everyone's: a symlink, a non-regular file or (to make
+    anything) another user's file is refused. We remove only the very file we made."""
 
     def __init__(self, path):
         self.path, self.made = path, None
 
     def ipc_key(self, create):
-        """ftok(path, 'Q'). The file must exist: with create, make it as Qt does (mode 0640).
-        Its maker may remove it at any moment (a Qt program that quits): then we make it,
-        and try again. The temporary directory is everyone's, so a key file may be a trap:
-        one that is a symlink, not a regular file, or another user's is never used to make
-        anything (a symlink is not even followed to look)."""
         while True:
             if create:
                 try:
@@ -854,26 +684,23 @@ class KeyFile:
                 except FileExistsError:
                     pass
             try:
-                info = os.lstat(self.path)  # FileNotFoundError if there is none
-                if stat.S_ISLNK(info.st_mode) and not create:
-                    raise FileNotFoundError(errno.ENOENT, "a symlink, not followed", self.path)
-                problem = ("is a symlink" if stat.S_ISLNK(info.st_mode) else
-                           "is not a regular file" if not stat.S_ISREG(info.st_mode) else
-                           f"belongs to user {user_name(info.st_uid)}"
-                           if create and info.st_uid != os.geteuid() else None)
-                if problem:
-                    raise KeyFileError(f"Qt's key file {self.path} {problem}; "
-                                       "refusing to use it")
-                load_c_library()
-                return c_call(libc.ftok(os.fsencode(self.path), QT_FTOK_ID), self.path)
+                info = os.lstat(self.path)
             except FileNotFoundError:
-                if not create:
-                    raise
-                # Gone between our try and our look: its maker quit. Make it now.
+                if create:
+                    continue  # its maker (a Qt program that quit) removed it: make it again
+                raise
+            problem = ("is a symlink" if stat.S_ISLNK(info.st_mode) else
+                       "is not a regular file" if not stat.S_ISREG(info.st_mode) else
+                       f"belongs to user {user_name(info.st_uid)}"
+                       if create and info.st_uid != os.geteuid() else None)
+            if problem and not create and stat.S_ISLNK(info.st_mode):
+                raise FileNotFoundError(errno.ENOENT, "a symlink, not followed", self.path)
+            if problem:
+                raise PermissionError(errno.EPERM, f"Qt's key file {self.path} {problem}; "
+                                      "refusing to use it")
+            return c_call(libc.ftok(os.fsencode(self.path), ord("Q")), self.path)
 
     def remove(self):
-        """Unlink it if it is a regular file of ours and, if we made one, still the inode
-        we made: never a symlink, nor a file that someone put in its place."""
         try:
             info = os.lstat(self.path)
             if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and \
@@ -883,459 +710,68 @@ class KeyFile:
             pass
 
 
-def shm_status(shmid):
-    """shmctl(IPC_STAT): the segment's size, creator, number of attached processes..."""
-    status = ShmidDs()
-    c_call(libc.shmctl(shmid, IPC_STAT, ctypes.byref(status)), f"shmid {shmid}")
-    return status
-
-
-class SystemV(SegmentKind):
-    """Qt's System V segment for the legacy key KEY: the article's QSharedMemory("KEY")."""
-    tag = "sysv"
-    replaces_at_once = False  # a key names one segment: the old one must go first
-
-    def __init__(self, key):
-        if not SYSTEM_V_HERE:
-            raise OSError("Qt's System V segments are supported on 64-bit Linux only")
-        super().__init__(key)
-        self.label = f"{key} (System V)"
-        self.key_file = KeyFile(qt_key_file("sharedmemory", key))
-        self.lock_key_file = KeyFile(qt_key_file("systemsem", key))
-
-    def shmid(self):
-        """shmget(): the id of the segment under our IPC key (FileNotFoundError if none)."""
-        key = self.key_file.ipc_key(create=False)  # (which loads the C library)
-        return c_call(libc.shmget(key, 0, 0), self.label)
-
-    def exists(self):
-        if system_v_key_problem(self.key):  # no key file can have such a name
-            return False
-        try:
-            self.shmid()
-        except FileNotFoundError:  # no key file, or no segment under its key
-            return False
-        return True
-
-    def make(self, size):
-        """(shmget + shmat) The loader keeps the id it gets: it never looks its own segment
-        up again."""
-        key = self.key_file.ipc_key(create=True)
-        shmid = c_call(libc.shmget(key, size, 0o600 | IPC_CREAT | IPC_EXCL), self.label)
-        try:
-            segment = AttachedSegment(shmid, readonly=False)
-        except OSError:  # no address space left for it, say: it must not stay under the key
-            libc.shmctl(shmid, IPC_RMID, None)
-            raise
-        tell(f"create({size})", f"shmget(ftok({os.path.basename(self.key_file.path)}, 'Q'), "
-                                f"IPC_CREAT|IPC_EXCL) + shmat: shmid {shmid}")
-        return segment
-
-    def put_in_place(self, segment, old=None):
-        """Nothing to do: make() made it under the key."""
-
-    def attach(self):
-        segment = AttachedSegment(self.shmid(), readonly=True)
-        tell("attach()", f"shmget + shmat(SHM_RDONLY): shmid {segment.shmid}, "
-                         f"{segment.size} bytes")
-        return segment
-
-    def detach(self, segment):
-        segment.close()
-        tell("detach()", f"shmdt: shmid {segment.shmid}")
-
-    def remove(self, segment=None):
-        """(IPC_RMID) ...and Qt's key file, as Qt's last detach() does. The key is free at
-        once; processes still attached keep their memory until they detach."""
-        try:
-            shmid = segment.shmid if segment else self.shmid()
-            c_call(libc.shmctl(shmid, IPC_RMID, None), self.label)
-            tell("remove", f"shmctl(IPC_RMID): shmid {shmid}; unlink "
-                           f"{os.path.basename(self.key_file.path)}")
-        except OSError as error:
-            if error.errno not in (errno.ENOENT, errno.EINVAL, errno.EIDRM):  # not gone
-                raise
-        self.key_file.remove()
-
-    def attached_count(self):
-        return shm_status(self.shmid()).nattch
-
-    def owners(self):
-        """Qt's key files, the segment and Qt's semaphore set, as lstat and /proc/sysvipc
-        tell anyone (IPC_STAT would need leave to read)."""
-        found, key_files = [], []  # the segment and the lock first: they matter most
-        for what, table, key_file in ((f"segment {self.label}", "shm", self.key_file),
-                                      (f"Qt's lock for {self.label}", "sem", self.lock_key_file)):
-            try:
-                key_files.append(Owned(f"Qt's key file {key_file.path}",
-                                       os.lstat(key_file.path).st_uid, f"rm {key_file.path}", ""))
-                key = key_file.ipc_key(create=False)
-            except OSError:  # none, or a symlink or other file that finds no segment
-                continue
-            with open(f"/proc/sysvipc/{table}") as listing:
-                columns = listing.readline().split()  # key shmid perms ... uid gid ...
-                for row in (dict(zip(columns, line.split())) for line in listing):
-                    if int(row["key"]) == key:
-                        ident = row.get("shmid") or row["semid"]
-                        nobody = table == "shm" and row["nattch"] == "0"
-                        found.append(Owned(what, int(row["uid"]),
-                                           f"ipcrm -{'m' if table == 'shm' else 's'} {ident}",
-                                           " and nobody is attached to it (its loader is "
-                                           "gone)" if nobody else ""))
-        return found + key_files
-
-    def open_qt_lock(self, lock_file=None, create=False):
-        return SystemVSemaphore(self.lock_key_file, create, self.label)
-
-
-class AttachedSegment:
-    """A System V segment mapped into this process with shmat(): .buf and .size, as
-    SharedMemory has, and close() to detach (shmdt)."""
-
-    def __init__(self, shmid, readonly):
-        address = libc.shmat(shmid, None, SHM_RDONLY if readonly else 0)
-        if address == ctypes.c_void_p(-1).value:
-            c_call(-1, f"shmat {shmid}")
-        self.shmid, self._address = shmid, address
-        self.size = shm_status(shmid).segsz  # the size, as Qt's attach() learns it
-        if readonly:
-            # The kernel maps System V memory a page per fault, where a POSIX mapping gets
-            # its neighbours too, which makes reading it all take up to twice as long: so
-            # map all pages at once (Linux 5.14 and later; an older kernel ignores it).
-            libc.madvise(address, self.size, MADV_POPULATE_READ)
-        # A view of the mapped bytes, without a copy; close() releases it before shmdt().
-        memory = (ctypes.c_ubyte * self.size).from_address(address)
-        self.buf = memoryview(memory).cast("B")
-
-    def close(self):
-        if self._address is not None:
-            self.buf.release()
-            libc.shmdt(ctypes.c_void_p(self._address))
-            self._address = None
-
-
-KINDS = {kind.tag: kind for kind in (Posix, SystemV)}
-
-
-def kinds_here(key):
-    """Both kinds of segment for key, as this system has them: POSIX first. A generator:
-    the System V kind is made (and its key files named) only if it is asked for."""
-    yield Posix(key)
-    if SYSTEM_V_HERE:
-        yield SystemV(key)
-
-
-def owned_by_others(kinds):
-    """[Owned]: what of these kinds (segments, Qt's locks and key files) another user owns.
-    None of it is ours to read, replace or remove, root or not."""
-    return [owned for kind in kinds for owned in kind.owners() if owned.uid != os.geteuid()]
-
-
-def whose(owned):
-    """"segment /KEY belongs to user alice", and what more is known of it."""
-    return f"{owned.what} belongs to user {user_name(owned.uid)}{owned.note}"
-
-
-def find_segment(key):
-    """The segment held under key: /KEY first, else Qt's System V one, but our own before
-    another user's; None if there is neither."""
-    theirs = None
-    for kind in kinds_here(key):
-        if kind.exists():
-            if not owned_by_others([kind]):
-                return kind
-            theirs = theirs or kind
-    return theirs
-
-
-# --- Qt's lock: the semaphores behind QSharedMemory::lock() and unlock() -----------------------
-#
-# acquire(give_up) waits until the lock is ours (True) or give_up() says to stop (False: a
-# stop signal came); release() gives it back; close() lets go of it, and removes it when
-# this process made it, as Qt's own cleanup does, but only while holding it: nobody inside
-# it ever finds it gone. look_for_dead_holder() is for an idle loader, once a second.
-
-WAIT_SLICE = 0.1  # seconds
-
-
 class PosixSemaphore:
-    """Qt's lock for /KEY: the POSIX named semaphore /KEY (/dev/shm/sem.KEY on Linux).
+    """Qt's lock for /KEY: the POSIX named semaphore /KEY. It has no undo: one left taken
+    by a dead process stays taken; see QSharedMemory.lock for how ours are given back."""
+    calls = ("sem_wait", "sem_post")
 
-    A named semaphore has no undo: a process that dies holding it leaves it taken, and
-    every lock() then waits for ever. So we give it back, but only on proof of that death,
-    never on a guess (a lock that admits two is worse than a wait):
-      - a process of ours proves it through the kernel. Ours take turns at the semaphore
-        (QT_TURN in the lock file), and the one inside names itself in the Qt record. The
-        kernel drops a dead process's fcntl locks, so whoever gets the turn and finds the
-        record still there knows that its writer died inside: give_back_if_ours_died().
-      - anyone else (a Qt program) can be proven dead only by /proc, on Linux, and only
-        where /proc shows everything: see look() and proven().
-    """
-
-    def __init__(self, name, create, lock_file):
-        # create is Qt's create(), but for one thing: Qt first unlinks a semaphore that is
-        # there and makes a fresh one, which lets two in at once if anyone holds the old
-        # one, or is about to take it. We open it if it is there (as Qt's second try does:
-        # O_CREAT alone), and remove it when we quit, while we hold it. Without create,
-        # open the one that is there: FileNotFoundError if none.
-        load_c_library()
-        self.name, self.made, self.lock_file, self.last_look = name, create, lock_file, None
-        self.held = False  # by this process, between acquire() and release()
+    def __init__(self, name, create):
+        # create: O_CREAT with value 1, as Qt's second try does. Qt's first, which unlinks
+        # a semaphore that is there, would let two in: whoever holds the old one, and us.
+        self.name = name
         self.handle = c_call(libc.sem_open(name.encode(), os.O_CREAT if create else 0,
                                            ctypes.c_uint(0o600), ctypes.c_uint(1)),
                              f"semaphore {name}")
-        self.file = mapped_file(self.handle)  # "DEVICE INODE" of its file, or None
-        tell("Qt's lock", f"sem_open(O_CREAT, value 1): {name}" if create else
-             f"sem_open: {name}")
+        self.ident = mapped_file(self.handle)
+        tell("Qt's lock", f"sem_open{'(O_CREAT)' if create else ''}: {name}")
 
-    def acquire(self, give_up):
-        """lock(), Qt's half: our turn at the semaphore first, then the semaphore."""
-        if self.lock_file is None:  # a viewer that found none (no loader of ours ran here)
-            self.lock_file = LockFile(self.name[1:])
-        if not self.lock_file.lock(QT_TURN, exclusive=True, step="lock(), Qt's half",
-                                   give_up=give_up, waiting_for=f"Qt's lock on {self.name}",
-                                   held_by="behind {}, whose turn it is"):
-            return False
-        try:
-            self.give_back_if_ours_died()
-            got = self.wait(give_up)
-            if got:  # name ourselves at once: from here on, a death of ours can be proven
-                self.lock_file.write_line(QT_RECORD, f"{os.getpid()} inside {self.file} "
-                                                     f"{PROGRAM}")
-        except BaseException:
-            self.lock_file.unlock(QT_TURN)
-            raise
-        if not got:
-            self.lock_file.unlock(QT_TURN)
-            return False
-        self.held = True
-        tell("lock(), Qt's half", f"sem_wait: {self.name}")
-        return True
+    def take(self, seconds):
+        """sem_timedwait for up to seconds: True once it is ours."""
+        if not hasattr(libc, "sem_timedwait"):  # macOS: no timed wait; try now and then
+            deadline = time.monotonic() + seconds
+            while libc.sem_trywait(self.handle) != 0:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.01)
+            return True
+        until = time.time() + seconds
+        deadline = Timespec(int(until), int(until % 1 * 1e9))
+        if libc.sem_timedwait(ctypes.c_void_p(self.handle), ctypes.byref(deadline)) == 0:
+            return True
+        if ctypes.get_errno() not in (errno.ETIMEDOUT, errno.EINTR):
+            c_call(-1, f"semaphore {self.name}")
+        return False
 
-    def release(self):
-        """unlock(), Qt's half: the record goes first, so that a death between the two
-        never makes anyone give back a lock that we gave back already."""
-        self.lock_file.write_line(QT_RECORD, "")
-        self.held = False
+    def give(self):
         c_call(libc.sem_post(ctypes.c_void_p(self.handle)), f"semaphore {self.name}")
-        tell("unlock(), Qt's half", f"sem_post: {self.name}")
-        self.lock_file.unlock(QT_TURN, step="unlock(), Qt's half")
 
     def taken(self):
-        return semaphore_value(self.handle) <= 0
+        value = ctypes.c_int()
+        libc.sem_getvalue(ctypes.c_void_p(self.handle), ctypes.byref(value))
+        return value.value <= 0
 
-    def give_back(self, who=None):
-        """sem_post for a holder proven dead (who: its name, where we know it)."""
-        holder = f"{who}, which died inside it" if who else "a process that died"
-        warn(f"Qt's lock on {self.name} was left taken by {holder}; giving it back")
-        c_call(libc.sem_post(ctypes.c_void_p(self.handle)), f"semaphore {self.name}")
+    def holder(self):
+        return ("held by a program that is not one of ours (a Qt program?), which no one can "
+                "tell; if it died inside lock(), quit every program that uses the key, "
+                f"then: rm /dev/shm/sem.{self.name[1:]}")
 
-    def give_back_if_ours_died(self):
-        """Call it holding QT_TURN. A Qt record there was written by a process of ours that
-        died inside Qt's lock: alive, it would hold QT_TURN. Give the lock back, if it is
-        still taken and still the semaphore that the record names (a Qt program's
-        create() may have put a fresh one in its place since)."""
-        record = self.lock_file.read_line(QT_RECORD)  # PID inside DEVICE INODE PROGRAM
-        if not record:
-            return
-        if self.file and " ".join(record[2:4]) == self.file and self.taken():
-            self.give_back(f"{' '.join(record[4:])} (pid {record[0]})")
-        self.lock_file.write_line(QT_RECORD, "")
+    def remove(self):
+        """sem_unlink: called only by its maker, while it holds it."""
+        libc.sem_unlink(self.name.encode())
+        tell("Qt's lock", f"sem_unlink, while we hold it: {self.name}")
 
-    def wait(self, give_up):
-        """sem_wait, until the lock is ours (True) or give_up() says to stop (False).
-
-        While we wait, a thread of ours watches: after a second it says for whom we wait,
-        and it gives the lock back once a second look proves its holder dead (see
-        proven()). Meanwhile this thread stands in line, asleep in sem_timedwait, until the
-        lock is given to it, or a stop signal wakes it (EINTR).
-        """
-        if libc.sem_trywait(ctypes.c_void_p(self.handle)) == 0:
-            return True
-        if not hasattr(libc, "sem_timedwait") or not self.file:  # macOS: no timed wait,
-            # and no /proc to prove a death: try, now and then, and never give back
-            notice = waiting_notice(f"Qt's lock on {self.name}", lambda: "held by another "
-                                    "process (a POSIX semaphore does not say which, here)")
-            while libc.sem_trywait(ctypes.c_void_p(self.handle)):
-                if give_up():
-                    return False
-                notice()
-                time.sleep(WAIT_SLICE / 10)
-            return True
-        import threading  # only a wait needs a second thread
-        stop = threading.Event()
-        watcher = threading.Thread(target=self.watch, args=(stop, threading.get_native_id()))
-        # The watcher never takes a stop signal: the kernel then gives it to this thread,
-        # whose sleep it ends.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        watcher.start()
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        try:
-            while not give_up():  # a stop that came before we wait ends the wait too
-                until = Timespec(int(time.time()) + 60, 0)
-                if libc.sem_timedwait(ctypes.c_void_p(self.handle), ctypes.byref(until)) == 0:
-                    return True
-                if ctypes.get_errno() not in (errno.ETIMEDOUT, errno.EINTR):
-                    c_call(-1, f"semaphore {self.name}")
-            return False
-        finally:
-            stop.set()
-            watcher.join()
-
-    def watch(self, stop, witness):
-        """The watcher of wait(): once a second, a look; the first one that cannot prove a
-        death is told; a look that proves one gives the lock back (we hold QT_TURN)."""
-        before, said = None, False
-        while not stop.wait(1):
-            now = self.look(witness)
-            if self.proven(before, now):
-                self.give_back()
-                now = None
-            elif not said and (now.holders or now.unknown or before):
-                warn(f"waiting for Qt's lock on {self.name}, {who_holds(now, self.name)}")
-                said = True
-            before = now
-
-    def look_for_dead_holder(self):
-        """For an idle loader, once a second: if Qt's lock is taken and our turn is free
-        (no process of ours is at the semaphore, to do this itself), give it back on proof
-        that its holder died, so that a Qt program waiting behind a dead one goes on."""
-        if not self.taken() or not self.lock_file.lock(QT_TURN, exclusive=True, wait=False):
-            self.last_look = None
-            return
-        try:
-            self.give_back_if_ours_died()
-            now = self.look() if self.taken() else None
-            if self.proven(self.last_look, now):
-                self.give_back()
-                now = None
-            self.last_look = now
-        finally:
-            self.lock_file.unlock(QT_TURN)
-
-    def look(self, witness=None):
-        """Who may hold the semaphore, as Linux's /proc shows it now: a Look.
-
-        Every process that has a named semaphore open maps its file; /proc/PID/maps lists
-        the mapping by device and inode. A process may merely wait for the lock only if
-        every one of its threads sleeps in futex() on it. Processes of ours that do not
-        hold QT_TURN cannot hold it (we hold QT_TURN), nor can this one. witness: our
-        thread that sleeps in line for the lock (its tid), if we wait ourselves.
-
-        Only root can see it all: the kernel counts the mappings of the semaphore's page
-        (/proc/kpagecount), whoever made them; and whoever holds the lock has that page
-        mapped, since taking the lock writes to it. When every mapping counted belongs to
-        a process we looked at, no process that we cannot read (or see) can hold it.
-        """
-        unknown = proc_blind_spot()
-        semaphore_value(self.handle)  # reading it maps its page in, for page_frame
-        page = page_frame(os.getpid(), self.handle)
-        holders, waiters, unreadable, counted = [], {}, [], 1  # 1: our own mapping
-        ours = self.lock_file.lockers() | {os.getpid()}
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit() or int(pid) == os.getpid():
-                continue
-            try:
-                use, mapped = semaphore_use(pid, self.file, page)
-            except PermissionError:
-                unreadable.append(pid)
-                continue
-            except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
-                continue
-            counted += mapped
-            if int(pid) in ours:  # its mapping counts, but it cannot hold the lock
-                continue
-            if use == "runs":
-                holders.append(int(pid))
-            elif use:
-                waiters[pid] = use
-        mappings = page_mappings(page)
-        if not unknown and mappings is None:
-            unknown = "the kernel does not count the mappings of its page here"
-        elif not unknown and mappings != counted:
-            named = [f"{process_name(pid)} of user {user_name(os.stat(f'/proc/{pid}').st_uid)}"
-                     for pid in unreadable[:3]] + [f"{len(unreadable) - 3} more"] * (
-                         len(unreadable) > 3)
-            unknown = (f"{mappings - counted} of its {mappings} mappings belong to processes "
-                       f"that we cannot read: {', '.join(named) or 'none that we can see'}")
-        if witness:
-            mine = thread_state(str(os.getpid()), str(witness), None)
-            waiters = {**waiters, "self": {witness: mine}} if mine else None
-        return Look(holders, unknown, waiters, mappings)
-
-    def proven(self, before, now):
-        """True if two looks, a second apart, prove that whoever holds the lock is dead.
-
-        Both looks found nobody who may hold it, and nobody hidden; and the same waiters
-        slept in line all along: the same threads, asleep on the semaphore, not woken once
-        (their counts of context switches did not move), and they are asleep still.
-        Whoever gives the lock back wakes the first in line, and a waiter woken by a
-        release that it then loses to a newcomer goes to the back of the line: so no
-        living process can have taken the lock while we looked, without waking one of
-        them (that is why there must be one). Real-time waiters, which jump the line, are
-        never counted as waiters.
-        """
-        if not (before and now and not now.holders and not now.unknown and now.waiters
-                and (now.waiters, now.mappings) == (before.waiters, before.mappings)):
-            return False
-        # Once more, at this moment: still taken, and still nobody awake or new.
-        return (self.taken() and still_asleep(now.waiters)
-                and page_mappings(page_frame(os.getpid(), self.handle)) == now.mappings)
-
-    def close(self, give_up=lambda: True):
-        """sem_close; its maker also removes it (sem_unlink), but only while holding it,
-        so that nobody inside the lock finds a fresh one under its name, taken by another
-        (give_up: how long we may wait to hold it; by default not at all)."""
-        if self.made and (self.held or self.acquire(give_up)):
-            libc.sem_unlink(self.name.encode())
-            tell("Qt's lock", f"sem_unlink, while we hold it: {self.name}")
-            self.release()  # whoever else has it open still waits on it: let them in
-        elif self.made:
-            warn(f"Qt's lock on {self.name} is held by another process; leaving it in place "
-                 "(the next load_shared.py removes it)")
+    def close(self):
         libc.sem_close(ctypes.c_void_p(self.handle))
-        tell("Qt's lock", f"sem_close: {self.name}")
-
-
-class Look:
-    """One look at who may hold Qt's POSIX lock: holders, the pids that may hold it;
-    unknown, why /proc cannot show every process (None: it can); waiters, {pid: {tid:
-    (futex address, context switches)}} of the processes whose every thread sleeps on it
-    (None: our own witness was awake); mappings, how many mappings of its page the kernel
-    counts."""
-
-    def __init__(self, holders, unknown, waiters, mappings):
-        self.holders, self.unknown, self.waiters, self.mappings = (holders, unknown, waiters,
-                                                                   mappings)
-
-
-def who_holds(look, name):
-    """The end of the waiting line for Qt's lock name: "held by one of: python3 (pid 4242)",
-    or why we cannot tell, and what a person can do."""
-    if look.holders:
-        named = "held by one of: " + ", ".join(map(process_name, look.holders))
-        return named + (f", or a process we cannot see ({look.unknown})" if look.unknown else "")
-    if look.unknown:
-        return (f"held by a process we cannot see: {look.unknown}; if you know that it died, "
-                f"quit every program that uses the key, then rm /dev/shm/sem.{name[1:]} "
-                "(README: \"When something dies\")")
-    return "held by a process that seems to have died (looking again, to be sure)"
-
-
-def semaphore_value(handle):
-    value = ctypes.c_int()
-    libc.sem_getvalue(ctypes.c_void_p(handle), ctypes.byref(value))
-    return value.value
 
 
 def mapped_file(address):
-    """"DEVICE INODE" of the file mapped at address, as /proc/self/maps names it (Linux):
-    the identity of a semaphore we have open, whatever name it has now; else None."""
+    """"DEV INO" of the file mapped at address, as /proc/self/maps tells (Linux): which
+    semaphore we have open, whatever name it has now; else None."""
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
                 span, _, _, device, inode = line.split()[:5]
-                start, end = (int(edge, 16) for edge in span.split("-"))
+                start, end = (int(part, 16) for part in span.split("-"))
                 if start <= address < end:
                     return f"{device} {inode}"
     except OSError:
@@ -1343,204 +779,546 @@ def mapped_file(address):
     return None
 
 
-INITIAL_PID_NAMESPACE = "pid:[4026531836]"  # the machine's own (PROC_PID_INIT_INO)
-
-
-def proc_blind_spot():
-    """Why /proc cannot show this process every process that may hold a semaphore, or
-    None if it can: we must be in the machine's own PID namespace (NSpid cannot tell us:
-    /proc mounted for a child namespace shows one pid there), and be root, who alone can
-    read other users' processes and count the mappings of a page."""
-    try:
-        if os.readlink("/proc/self/ns/pid") != INITIAL_PID_NAMESPACE:
-            return ("this process runs in another PID namespace (a container?), whose /proc "
-                    "does not show every process")
-        with open("/proc/kpagecount", "rb"):
-            return None
-    except PermissionError:
-        return "only root can read every process"
-    except OSError:
-        return "/proc does not show every process here"
-
-
-def page_frame(task, address):
-    """The page frame that process (or "PID/task/TID") task maps at address
-    (/proc/TASK/pagemap: root only), or None if it is not mapped in, or we cannot tell."""
-    try:
-        with open(f"/proc/{task}/pagemap", "rb") as pagemap:
-            entry = int.from_bytes(os.pread(pagemap.fileno(), 8, address // PAGE * 8), "little")
-    except OSError:
-        return None
-    frame = entry & ((1 << 55) - 1)  # bits 0-54; bit 63: present
-    return frame if entry >> 63 and frame else None
-
-
-def page_mappings(frame):
-    """How many mappings of page frame the kernel counts, by any process (root only)."""
-    try:
-        with open("/proc/kpagecount", "rb") as counts:
-            return int.from_bytes(os.pread(counts.fileno(), 8, frame * 8), "little")
-    except (OSError, TypeError):  # TypeError: no frame
-        return None
-
-
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-# The futex system call, by which a thread sleeps on a semaphore, as /proc/PID/syscall
-# numbers it, and its two ways to wait (FUTEX_WAIT, FUTEX_WAIT_BITSET); elsewhere a
-# waiting thread cannot be told from a holding one.
-FUTEX = {"x86_64": "202", "aarch64": "98"}.get(os.uname().machine)
-FUTEX_WAITS = (0, 9)
-FAIR_POLICIES = ("0", "3", "5")  # SCHED_OTHER, SCHED_BATCH, SCHED_IDLE: first come, first woken
-
-
-def semaphore_use(pid, file, page):
-    """What process pid does with the semaphore file ("DEVICE INODE"), and how many
-    mappings of its page frame (page) it has. What it does: None if it does not map the
-    file; {tid: state} if every thread of it sleeps on it (see thread_state); "runs" if
-    it maps it and any thread does anything else, so that it may hold it.
-
-    PermissionError if /proc does not let us read it; FileNotFoundError if it is gone."""
-    device, inode = file.split()
-    task = pid
-    with open(f"/proc/{pid}/maps") as maps:
-        lines = maps.read()
-    if not lines:  # its first thread has ended: any live thread shows the process's map
-        for tid in set(os.listdir(f"/proc/{pid}/task")) - {pid}:  # (a kernel thread: none)
-            task = f"{pid}/task/{tid}"
-            with open(f"/proc/{task}/maps") as maps:
-                lines = maps.read()
-            if lines:
-                break
-    if f" {inode} " not in lines:  # a quick test before splitting the lines
-        return None, 0
-    spans = [[int(edge, 16) for edge in fields[0].split("-")]
-             for fields in (line.split(maxsplit=5) for line in lines.splitlines())
-             if fields[3:5] == [device, inode]]
-    if not spans:
-        return None, 0
-    mapped = sum(page is not None and page_frame(task, start) == page for start, _ in spans)
-    states = {tid: thread_state(pid, tid, spans) for tid in os.listdir(f"/proc/{pid}/task")}
-    return (states if all(states.values()) else "runs"), mapped
-
-
-def thread_state(pid, tid, spans):
-    """(futex address, context switches) if thread tid of pid sleeps in line for a
-    semaphore inside spans (None: any address), under a first-come policy; else None."""
-    try:
-        with open(f"/proc/{pid}/task/{tid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()  # after "pid (name)": state ...
-        with open(f"/proc/{pid}/task/{tid}/syscall") as syscall:
-            call = syscall.read().split()  # "202 0xADDRESS 0xOP ..." or "running"
-        with open(f"/proc/{pid}/task/{tid}/status") as status:
-            switches = [line.split()[1] for line in status if "ctxt_switches" in line]
-    except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
-        return None
-    if fields[0] != "S" or fields[38] not in FAIR_POLICIES or len(call) < 3 or \
-            call[0] != FUTEX or int(call[2], 16) & 0x7F not in FUTEX_WAITS:
-        return None
-    address = int(call[1], 16)
-    if spans is not None and not any(start <= address < end for start, end in spans):
-        return None
-    return address, tuple(switches)
-
-
-def still_asleep(waiters):
-    """True if every waiter of a look is asleep still, as it was: the same threads, the
-    same address, not one context switch more."""
-    for pid, threads in waiters.items():
-        where = str(os.getpid()) if pid == "self" else pid
-        try:
-            if pid != "self" and set(os.listdir(f"/proc/{pid}/task")) != set(threads):
-                return False
-        except OSError:
-            return False
-        if any(thread_state(where, str(tid), None) != state for tid, state in threads.items()):
-            return False
-    return True
-
-
 class SystemVSemaphore:
-    """Qt's lock for a legacy key: a set of one System V semaphore, keyed by ftok() of
-    Qt's key file qipc_systemsem_... It is taken with SEM_UNDO, so the kernel gives back
-    the lock of a process that dies holding it."""
+    """Qt's lock for a plain key: a set of one System V semaphore. Taken with SEM_UNDO,
+    so the kernel gives back the lock of a process that dies holding it."""
+    calls = ("semop(-1, SEM_UNDO)", "semop(+1, SEM_UNDO)")
 
     def __init__(self, key_file, create, label):
-        # create is Qt's create(): make the set (and its key file, a KeyFile) if it is not
-        # there, and remove it at the end even if another process made it. Without create,
-        # use the set that is there: FileNotFoundError if none.
-        self.key_file, self.made, self.label = key_file, create, label
-        self.held = False  # by this process, between acquire() and release()
-        self.semid = self.open(create)
-        tell("Qt's lock", f"semget{'(IPC_CREAT)' if create else ''}: semid {self.semid}, "
-                          f"IPC key = ftok({os.path.basename(key_file.path)}, 'Q')")
+        self.key_file, self.label, self.create, self.ident = key_file, label, create, None
+        while True:  # its maker (a Qt program that quits) may remove it at any moment
+            key = key_file.ipc_key(create)
+            self.semid = libc.semget(key, 1, 0o600 | IPC_CREAT | IPC_EXCL if create else 0)
+            if self.semid != -1 and create:  # a new set starts at 0: make it a free lock
+                c_call(libc.semctl(self.semid, 0, SETVAL, ctypes.c_int(1)), key_file.path)
+            elif self.semid == -1 and create and ctypes.get_errno() == errno.EEXIST:
+                self.semid = libc.semget(key, 1, 0o600)  # as it is: SEM_UNDO kept it right
+                if self.semid == -1 and ctypes.get_errno() == errno.ENOENT:
+                    continue
+            c_call(self.semid, f"semaphore {key_file.path}")
+            break
+        tell("Qt's lock", f"semget: semid {self.semid}")
 
-    def open(self, create):
-        """semget() the set under Qt's key file; with create, make both if need be, as Qt
-        does. Its maker may remove both at any moment (a Qt program that quits): then,
-        with create, make them ourselves."""
-        while True:
-            key = self.key_file.ipc_key(create)
-            semid = libc.semget(key, 1, 0o600 | IPC_CREAT | IPC_EXCL if create else 0)
-            if semid != -1 and create:  # a new set starts at 0: make it a free lock, as Qt
-                c_call(libc.semctl(semid, 0, SETVAL, ctypes.c_int(1)), self.key_file.path)
-            elif semid == -1 and create and ctypes.get_errno() == errno.EEXIST:
-                # It is there already. Its value is right: SEM_UNDO gave back any dead
-                # holder's lock, and setting it to 1 could let two processes in at once.
-                semid = libc.semget(key, 1, 0o600)
-                if semid == -1 and ctypes.get_errno() == errno.ENOENT:
-                    continue  # and gone again
-            return c_call(semid, f"semaphore {self.key_file.path}")
-
-    def change(self, delta, give_up=lambda: False):
-        operation = Sembuf(0, delta, SEM_UNDO)
-        # GETPID: the last process that changed the semaphore, which is the one holding it.
-        notice = waiting_notice(f"Qt's lock on {self.label}", lambda: "held by " + process_name(
-            libc.semctl(self.semid, 0, GETPID, ctypes.c_int(0))))
-        while True:
-            result = libc.semtimedop(self.semid, ctypes.byref(operation), 1,
-                                     ctypes.byref(Timespec(0, int(WAIT_SLICE * 1e9))))
-            if result == 0:
-                tell(f"{'lock' if delta < 0 else 'unlock'}(), Qt's half",
-                     f"semop({delta:+d}, SEM_UNDO): semid {self.semid}")
+    def change(self, delta, seconds):
+        if self.semid is None:  # gone, with its maker
+            return True
+        wait = Timespec(int(seconds), int(seconds % 1 * 1e9))
+        operation = Sembuf(0, delta, SEM_UNDO | (IPC_NOWAIT if not seconds else 0))
+        if libc.semtimedop(self.semid, ctypes.byref(operation), 1, ctypes.byref(wait)) == 0:
+            return True
+        code = ctypes.get_errno()
+        if code in (errno.EIDRM, errno.EINVAL) and delta > 0:
+            return True  # its maker removed it meanwhile: nothing to give back
+        if code in (errno.EIDRM, errno.EINVAL):  # its maker (a Qt program) quit: the loader
+            try:  # makes it afresh, as Qt does; a reader goes on without it
+                self.__init__(self.key_file, self.create, self.label)
+            except FileNotFoundError:
+                self.semid = None
                 return True
-            code = ctypes.get_errno()
-            if code in (errno.EIDRM, errno.EINVAL) and delta > 0:
-                return True  # its maker removed it meanwhile: there is nothing to give back
-            if code in (errno.EIDRM, errno.EINVAL):
-                # Its maker removed it (a Qt program that quit): open it again by its key,
-                # making it if need be, as Qt does; then it is ours to remove.
-                self.semid, self.made = self.open(create=True), True
-            elif code not in (errno.EAGAIN, errno.EINTR):
-                c_call(-1, f"semaphore {self.key_file.path}")
-            else:
-                notice()
-                if give_up():
-                    return False
+        elif code not in (errno.EAGAIN, errno.EINTR):
+            c_call(-1, f"semaphore {self.key_file.path}")
+        return False
 
-    def acquire(self, give_up):
-        self.held = self.change(-1, give_up)
-        return self.held
+    def take(self, seconds):
+        return self.change(-1, seconds)
 
-    def release(self):
-        self.change(+1)
-        self.held = False
+    def give(self):
+        self.change(+1, 0)
 
-    def look_for_dead_holder(self):
-        """Nothing to do: SEM_UNDO already gave back a dead holder's lock."""
+    def taken(self):
+        return self.semid is not None and libc.semctl(self.semid, 0, GETVAL, ctypes.c_int(0)) == 0
 
-    def close(self, give_up=lambda: True):
-        """Its maker removes it (IPC_RMID, by the id we made it with, never looked up again
-        by its key file), but only while holding it: a waiter of a removed set would get
-        in at once (Qt's lock() fails, and the article's reader reads on)."""
-        if not self.made:
-            return
-        if not (self.held or self.acquire(give_up)):
-            warn(f"Qt's lock on {self.label} is held by another process; leaving it in place "
-                 "(the next load_shared.py removes it)")
-            return
-        libc.semctl(self.semid, 0, IPC_RMID, ctypes.c_int(0))
+    def holder(self):
+        return "held by " + process_name(libc.semctl(self.semid, 0, GETPID, ctypes.c_int(0)))
+
+    def remove(self):
+        if self.semid is not None:
+            libc.semctl(self.semid, 0, IPC_RMID, ctypes.c_int(0))
         self.key_file.remove()
-        tell("Qt's lock", f"semctl(IPC_RMID): semid {self.semid}; unlink "
-                          f"{os.path.basename(self.key_file.path)}")
+        tell("Qt's lock", f"semctl(IPC_RMID): semid {self.semid}")
+
+    def close(self):
+        pass
+
+
+# --- QSharedMemory ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class QNativeIpcKey:
+    """A native key, as QSharedMemory.platformSafeKey() returns it: "/KEY", POSIX."""
+    name: str
+
+    def nativeKey(self):
+        return self.name
+
+
+class QSharedMemory:
+    """Qt's QSharedMemory, as Qt 6.6 and PySide6 name it, for Python.
+
+    QSharedMemory("KEY") is Qt's plain key: a System V segment (64-bit Linux), as the
+    article's programs and every Qt 5 program make it. QSharedMemory(
+    QSharedMemory.platformSafeKey("KEY")) is the POSIX segment /KEY. Failures return False
+    and set error() and errorString(), as in Qt.
+    """
+
+    class AccessMode(enum.IntEnum):
+        ReadOnly = 0
+        ReadWrite = 1
+
+    class SharedMemoryError(enum.IntEnum):
+        NoError = 0
+        PermissionDenied = 1
+        InvalidSize = 2
+        KeyError = 3
+        AlreadyExists = 4
+        NotFound = 5
+        LockError = 6
+        OutOfResources = 7
+        UnknownError = 8
+
+    ReadOnly, ReadWrite = AccessMode.ReadOnly, AccessMode.ReadWrite
+    ERRORS = {errno.EEXIST: SharedMemoryError.AlreadyExists,
+              errno.ENOENT: SharedMemoryError.NotFound,
+              errno.EACCES: SharedMemoryError.PermissionDenied,
+              errno.EPERM: SharedMemoryError.PermissionDenied,
+              errno.ENOMEM: SharedMemoryError.OutOfResources,
+              errno.ENOSPC: SharedMemoryError.OutOfResources,
+              errno.EFBIG: SharedMemoryError.OutOfResources,
+              errno.EINVAL: SharedMemoryError.InvalidSize}
+
+    def __init__(self, key="", parent=None):
+        self._mapping = self._semaphore = self._lock_file = None
+        self._held = self._owner = self._made = False
+        self._error, self._error_string = self.SharedMemoryError.NoError, ""
+        self.setKey(key)
+
+    # Qt's calls --------------------------------------------------------------------------
+
+    @staticmethod
+    def platformSafeKey(key):
+        """The POSIX key for key: the segment /KEY, as Qt 6's platformSafeKey()."""
+        return QNativeIpcKey("/" + key)
+
+    def setKey(self, key):
+        """Use key (a plain str: System V; platformSafeKey(): POSIX), detached first."""
+        self.detach()
+        native = isinstance(key, QNativeIpcKey)
+        self._key = key.name[1:] if native else key
+        self._kind = Posix(self._key) if native else \
+            SystemV(self._key) if key and SYSTEM_V_HERE else None
+
+    def key(self):
+        return "" if isinstance(self._kind, Posix) else self._key
+
+    def nativeKey(self):
+        return self._kind.native if self._kind else ""
+
+    def create(self, size, mode=AccessMode.ReadWrite):
+        """Make a segment of size bytes under the key, and attach to it (AlreadyExists if
+        one is there). Its creator removes it at detach(); Qt 6 leaves a POSIX one."""
+        if not self._usable("create"):
+            return False
+        if size <= 0:
+            return self._fail(self.SharedMemoryError.InvalidSize, "the size must be positive")
+        try:
+            self._mapping = self._kind.make(size)
+        except OSError as error:
+            return self._fail(error)
+        self._made = True
+        return True
+
+    def attach(self, mode=AccessMode.ReadWrite):
+        """Map the segment under the key; ReadOnly maps it so that we can change nothing."""
+        if not self._usable("attach"):
+            return False
+        theirs = [each for each in self._kind.others() if each[0].startswith("segment")]
+        if theirs:
+            return self._fail(self.SharedMemoryError.PermissionDenied, whose(theirs[0]))
+        try:
+            self._mapping = self._kind.attach(writable=mode == self.ReadWrite)
+        except OSError as error:
+            return self._fail(error)
+        return True
+
+    def isAttached(self):
+        return self._mapping is not None
+
+    def detach(self, wait=True):
+        """Unmap. A creator or owner also removes its segment, and Qt's lock that it opened,
+        while holding it; a reader's detach never removes anything. wait=False (ours): take
+        no lock that is held; leave Qt's lock to the next loader then."""
+        mapping, self._mapping = getattr(self, "_mapping", None), None
+        if mapping is None and not getattr(self, "_owner", False):
+            return False
+        if mapping:
+            mapping.close()
+            tell("detach()", f"unmap {self._kind.label}")
+        if self._owner or self._made:
+            self._remove_ours(mapping, wait)
+        return True
+
+    def lock(self):
+        """Take our lock, then Qt's: a Qt program's lock() and ours exclude each other.
+
+        The steps, and what a death right after each one leaves:
+          1. Our turn: fcntl byte TURN of the key's lock file. (Nothing: the kernel drops it.)
+          2. Qt's semaphore, sem_wait. But if the lock file's RECORD names a process of ours
+             (which cannot hold our turn: so it died inside) and this very semaphore, still
+             taken, we take its place inside: one write, no sem_post, so once per death.
+             (Died after sem_wait: taken, no record. Stuck but safe: every waiter says so,
+             with the command that frees it.)
+          3. POSIX: our RECORD, "PID inside DEV INO", or if it cannot be written, sem_post
+             and fail. (Died here: the next of ours takes our place.)
+        unlock() clears the RECORD, then sem_post (signals held off between the two: a
+        death there is stuck but safe), then lets go of our turn. System V needs no RECORD:
+        the kernel undoes a dead holder's semop (SEM_UNDO).
+        """
+        if self._held:
+            return True
+        if not self._usable("lock"):
+            return False
+        try:  # no Qt lock, and no lock file: no program of ours nor Qt's takes a lock here
+            self._semaphore = self._semaphore or self._kind.semaphore(self._owner or self._made)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            return self._fail(error, code=self.SharedMemoryError.LockError)
+        try:
+            lock_file = self._lock_file = LockFile.of(self._key, create=bool(self._semaphore))
+            lock_file.lock(TURN)
+        except OSError as error:
+            if self._semaphore or not isinstance(error, FileNotFoundError):
+                return self._fail(error, code=self.SharedMemoryError.LockError)
+            lock_file = self._lock_file = None
+        else:
+            tell("lock(), our half", f"fcntl: lock byte {TURN} of {lock_file.path}")
+        try:
+            if self._semaphore:
+                notice = waiting_notice(f"Qt's lock on {self._kind.label}",
+                                        self._semaphore.holder)
+                while not self._enter(lock_file, 0.2):
+                    notice()
+                tell("lock(), Qt's half", f"{self._semaphore.calls[0]}: {self._kind.label}")
+        except BaseException as error:
+            lock_file.unlock(TURN)
+            if isinstance(error, OSError):
+                return self._fail(error, code=self.SharedMemoryError.LockError)
+            raise
+        self._held = True
+        return True
+
+    def unlock(self):
+        """Give back Qt's lock, then ours (see lock())."""
+        if not self._held:
+            return self._fail(self.SharedMemoryError.LockError, "not locked")
+        lock_file, semaphore = self._lock_file, self._semaphore
+        self._held = False
+        try:
+            with signals_held():
+                if semaphore and semaphore.ident:
+                    lock_file.write(RECORD, "")
+                if semaphore:
+                    semaphore.give()
+        except OSError as error:  # the record stays: the next of ours takes our place
+            return self._fail(error, code=self.SharedMemoryError.LockError)
+        finally:
+            if lock_file:
+                lock_file.unlock(TURN)
+        if semaphore:
+            tell("unlock(), Qt's half", f"{semaphore.calls[1]}: {self._kind.label}")
+        tell("unlock(), our half", f"fcntl: unlock byte {TURN}")
+        return True
+
+    def data(self):
+        return self._mapping.buf if self._mapping else None
+
+    def constData(self):
+        return self._mapping.const if self._mapping else None
+
+    def size(self):
+        return self._mapping.size if self._mapping else 0
+
+    def error(self):
+        return self._error
+
+    def errorString(self):
+        return self._error_string
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.detach()
+
+    # Ours: what Qt lacks --------------------------------------------------------------------
+
+    def own(self, replace=False):
+        """Become the key's one loader, while this process lives (AlreadyExists if a living
+        one is there). What a dead loader of ours left is cleared; another program's
+        segment goes only with replace (a System V one nobody is attached to, always);
+        another user's objects are never touched."""
+        if not self._usable("own"):
+            return False
+        try:
+            lock_file = LockFile.of(self._key)
+            lock_file.lock(TURN)
+        except OSError as error:
+            return self._fail(error)
+        try:
+            self._own(lock_file, replace)
+            return True
+        except OSError as error:
+            if self._owner:
+                lock_file.unlock(OWNER)
+            self._owner = False
+            return self._fail(error)
+        finally:
+            lock_file.unlock(TURN)
+
+    def load(self, *chunks):
+        """Put the bytes of chunks, one after another, under the key in a new segment, under
+        lock(): made beside the old one, which it replaces at once (System V: in its place,
+        and the old one put back if the new one cannot be made). If it fails, the old text
+        stays. Call own() first."""
+        if not self.lock():
+            return False
+        old, kind, size = self._mapping, self._kind, sum(map(len, chunks))
+        beside = isinstance(kind, Posix) and RENAME_HERE
+        try:
+            self._write_logbook("loaded" if beside else "writing")
+            if old and not beside:
+                kind.remove(old)
+            try:
+                new = kind.make(size, beside)
+            except OSError as error:
+                why = f"cannot make a {size}-byte segment {kind.label}: {error.strerror}"
+                self._fail(error, why)
+                if old and not beside:
+                    self._mapping = None
+                    try:
+                        self._mapping = self._put_back(old)
+                    except OSError as lost:
+                        self._fail(error, f"{why}; and the old text could not be put back: "
+                                          f"{lost.strerror}")
+                self._write_logbook("loaded" if self._mapping else "")
+                return False
+            start = 0
+            for chunk in chunks:
+                new.buf[start:start + len(chunk)] = chunk
+                start += len(chunk)
+            tell("memcpy(to, from, size)", f"{size} bytes into {kind.label}")
+            try:
+                kind.put_in_place(new, old)
+            except OSError as error:
+                new.close()
+                self._write_logbook("loaded" if old else "")
+                return self._fail(error)
+            if not beside:
+                self._write_logbook("loaded")
+            if old:
+                old.close()
+            self._mapping = new
+            return True
+        finally:
+            self.unlock()
+
+    def lastLoader(self):
+        """The last load_shared.py under the key, as a Loader; None if no loader of ours
+        left a logbook. Call it while locked, so that no loader writes meanwhile."""
+        try:
+            lock_file = LockFile.of(self._key, create=False)
+        except OSError:
+            return None
+        pid, state, kind = lock_file.logbook()
+        if pid is None:
+            return None
+        alive = pid == os.getpid() or not lock_file.lock(OWNER, wait=False)
+        if not alive:
+            lock_file.unlock(OWNER)
+        return Loader(pid, alive, not alive and state == "writing", kind)
+
+    def recover(self):
+        """Give Qt's POSIX lock back if a process of ours died inside it, so that a Qt
+        program waiting for it goes on. Cheap: an idle loader calls it once a second."""
+        try:
+            lock_file = self._lock_file = LockFile.of(self._key)
+            if self._held or not lock_file.lock(TURN, wait=False):
+                return
+        except OSError:
+            return
+        try:
+            self._semaphore = self._semaphore or self._kind.semaphore(False)
+            self._held = self._take_place_of_dead(lock_file)
+        except OSError:
+            pass
+        if self._held:
+            self.unlock()
+        else:
+            lock_file.unlock(TURN)
+
+    # The steps behind them -------------------------------------------------------------------
+
+    def _usable(self, call):
+        problem = key_problem(self._key, system_v=not isinstance(self._kind, Posix))
+        return not problem or self._fail(self.SharedMemoryError.KeyError, problem)
+
+    def _fail(self, error, why=None, code=None):
+        """Set error() and errorString(), from an OSError or from a code and why: False."""
+        if isinstance(error, OSError):
+            code = code or self.ERRORS.get(error.errno, self.SharedMemoryError.UnknownError)
+            if why is None and error.errno == errno.EEXIST and error.filename:
+                why = f"{self._kind.label} exists already (made by another program)"
+            elif why is None:
+                why = one_line(error)
+        self._error, self._error_string = code or error, why
+        return False
+
+    def _enter(self, lock_file, seconds):
+        """Step 2 (for up to seconds) and step 3 of lock(), holding our turn: True if in."""
+        semaphore = self._semaphore
+        if self._take_place_of_dead(lock_file):
+            return True
+        with signals_held():  # we hold it, alive, until the record names us
+            if not semaphore.take(seconds):
+                return False
+            try:
+                if semaphore.ident:
+                    lock_file.write(RECORD, f"{os.getpid()} inside {semaphore.ident} {PROGRAM}")
+            except OSError as error:
+                semaphore.give()
+                raise OSError(error.errno, f"cannot write our record in {lock_file.path}: "
+                              f"{error.strerror}; Qt's lock was given back") from None
+        return True
+
+    def _take_place_of_dead(self, lock_file):
+        """A RECORD found by whoever holds our turn was left by a process of ours that died
+        inside. If it names this semaphore, still taken, put ourselves in its place (one
+        write); else it is stale (a Qt program's create() made a fresh one): clear it."""
+        record, semaphore = lock_file.read(RECORD), self._semaphore
+        if not record:
+            return False
+        if semaphore.ident and " ".join(record[2:4]) == semaphore.ident and semaphore.taken():
+            lock_file.write(RECORD, f"{os.getpid()} inside {semaphore.ident} {PROGRAM}")
+            warn(f"Qt's lock on {self._kind.label} was left taken by {' '.join(record[4:])} "
+                 f"(pid {record[0]}), a process of ours that died inside it; taking its place")
+            return True
+        lock_file.write(RECORD, "")
+        return False
+
+    def _own(self, lock_file, replace):
+        """own(), under our turn: the OWNER lock, then what is under the key."""
+        kind, label = self._kind, self._kind.label
+        dead, _, dead_kind = lock_file.logbook()
+        if not lock_file.lock(OWNER, wait=False):
+            raise OSError(errno.EEXIST, f"another load_shared.py ({lock_file.holder(OWNER)}) "
+                          f"holds key {self._key!r}; stop it first")
+        self._owner = True
+        tell("own()", f"fcntl: lock byte {OWNER} of {lock_file.path}, while we live")
+        kinds = [Posix(self._key)] + ([SystemV(self._key)] if not key_problem(
+            self._key, system_v=True) else [])
+        theirs = [each for other in kinds for each in other.others()]
+        if theirs:
+            raise OSError(errno.EPERM, f"{whose(theirs[0])}: only they or root may remove it "
+                          f"(root: {'; '.join(each[2] for each in theirs)}); use another --key")
+        for left in kinds if dead else ():  # its OWNER lock was free: it is gone
+            if left.tag == dead_kind and left.exists():
+                warn(f"replacing {left.label}, left behind by load_shared.py (pid {dead}), "
+                     "which is gone")
+                left.remove()
+            left.clear_unfinished()
+            if left.tag != kind.tag:
+                self._remove_semaphore(left, lock_file)
+        if kind.exists():
+            users = kind.attached_count()
+            if users == 0:
+                warn(f"replacing {label}, which nobody is attached to (a program that made "
+                     "it was killed)")
+            elif replace:
+                warn(f"--replace: taking over {label}")
+            elif users:
+                raise OSError(errno.EEXIST, f"{label} is held by {users} attached process"
+                              f"{'es' if users > 1 else ''} (a Qt program?); use --replace "
+                              "to take it over")
+            else:
+                raise OSError(errno.EEXIST, f"segment {label} exists but load_shared.py "
+                              "did not make it (a Qt program's?); use --replace to take it over")
+            kind.remove()
+        kind.clear_unfinished()
+        self._write_logbook("")
+        self._semaphore = kind.semaphore(create=True)
+        if self._take_place_of_dead(lock_file):  # a dead one of ours inside: let Qt in
+            with signals_held():
+                lock_file.write(RECORD, "")
+                self._semaphore.give()
+
+    def _write_logbook(self, state):
+        line = f"{os.getpid()} {state} {self._kind.tag}" if state else ""
+        LockFile.of(self._key).write(LOGBOOK, line)
+        tell("logbook", line or "(empty)")
+
+    def _put_back(self, old):
+        """System V: the old text, under the key again, from our mapping of it."""
+        try:
+            segment = self._kind.make(old.size)
+        except OSError:  # no room beside it: copy it out, and let it go first
+            saved = bytes(old.buf)
+            old.close()
+            segment = self._kind.make(len(saved))
+            segment.buf[:] = saved
+            return segment
+        segment.buf[:] = old.buf
+        old.close()
+        return segment
+
+    def _remove_ours(self, mapping, wait):
+        """The creator's or owner's end: the segment, the logbook, then Qt's lock. Without
+        our turn (held, and we may not wait), the segment goes all the same: whoever maps
+        it keeps it."""
+        lock_file = self._lock_file = LockFile.of(self._key)
+        locked = self._held or lock_file.lock(TURN, wait)
+        try:
+            if mapping:
+                self._kind.remove(mapping)
+            if self._owner:
+                self._write_logbook("")
+            if self._semaphore and locked:
+                self._remove_semaphore(self._kind, lock_file, self._semaphore, wait)
+            elif self._semaphore:
+                warn(f"our lock on key {self._key!r} is held by {lock_file.holder(TURN)}; "
+                     f"leaving Qt's lock on {self._kind.label} in place (the next "
+                     "load_shared.py removes it)")
+        finally:
+            self._owner = self._made = self._held = False
+            self._semaphore = None
+            if locked:
+                lock_file.unlock(TURN)
+
+    def _remove_semaphore(self, kind, lock_file, semaphore=None, wait=False):
+        """Remove kind's Qt lock, under our turn, only while we hold it, then give it back:
+        whoever has it open goes on, and nobody inside finds it gone. (A death between
+        sem_unlink and sem_post leaves a removed lock taken: see the README.)"""
+        try:
+            semaphore = self._semaphore = semaphore or kind.semaphore(create=False)
+        except OSError:
+            return
+        notice = waiting_notice(f"Qt's lock on {kind.label}, to remove it", semaphore.holder)
+        why = "is held by another process"
+        try:
+            try:
+                inside = self._held or self._enter(lock_file, 0)
+                while wait and not inside:
+                    notice()
+                    inside = self._enter(lock_file, 0.2)
+            except OSError as error:
+                inside, why = False, f"cannot be taken ({one_line(error)})"
+            if inside:
+                with signals_held():
+                    semaphore.remove()
+                    if semaphore.ident:
+                        lock_file.write(RECORD, "")
+                    semaphore.give()
+                self._held = False
+            else:
+                warn(f"Qt's lock on {kind.label} {why}; leaving it in place (the next "
+                     "load_shared.py removes it)")
+        finally:
+            semaphore.close()
+            self._semaphore = None
