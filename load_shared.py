@@ -20,7 +20,8 @@ EXIT_STATUS = """exit status:
   1  failed (key held by another loader or user, a segment it did not make is in the way,
      no memory or no room for the text, stopped before its text was loaded...), or a typed
      line could not be loaded (the text before it stayed)
-  2  bad usage"""
+  2  bad usage
+  130  stopped before it began"""
 
 
 def main():
@@ -50,8 +51,8 @@ def main():
                 # sharedMem.create(size), lock(), memcpy(data(), ...), unlock(): in one
                 # call, which makes the new segment beside the old one, kept if it fails.
                 if memory.load(*parts):
+                    pending = None  # before we say so: a stop right after costs nothing
                     report(f"Loaded {sum(map(len, parts))} bytes into {label}")
-                    pending = None
                     continue
                 why = memory.errorString()
             if not memory.isAttached():  # no old text to keep: we fail
@@ -159,4 +160,7 @@ def command_line():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # stopped before it began: nothing to release
+        sys.exit(130)

@@ -3,15 +3,13 @@
 First the codec: a QString as `QDataStream << QString` writes it, and back. Then
 QSharedMemory, with Qt's names, on which the article's calls run line for line:
 
-    memory = QSharedMemory("MySharedMemory")     # Qt's plain key: a System V segment
+    memory = QSharedMemory("MySharedMemory")  # Qt's plain key: a System V segment
     memory.create(len(data)); memory.lock(); memory.data()[:len(data)] = data; memory.unlock()
 
-QSharedMemory.platformSafeKey("MySharedMemory") names the POSIX segment /MySharedMemory
-instead, as Qt 6 does. lock() takes our fcntl lock on the key's lock file, then Qt's own
-semaphore, so that a Qt program and ours exclude each other. A few extras, named as ours,
-add what Qt lacks: own() (one loader per key, and what a dead one left is cleared),
-load() (a new text made beside the old one, which stays if it fails), lastLoader() and
-recover(). The protocol of lock() and unlock() is written out at QSharedMemory.lock.
+QSharedMemory.platformSafeKey("MySharedMemory") is the POSIX segment /MySharedMemory, as in
+Qt 6. lock() takes our fcntl lock, then Qt's own semaphore, so that a Qt program and ours
+exclude each other (its steps: QSharedMemory.lock). Extras, named as ours, add what Qt
+lacks: own(), load(), lastLoader(), recover(). Below them, one backend per kind of key.
 """
 import argparse
 import contextlib
@@ -33,7 +31,7 @@ import time
 
 import _posixshmem  # private: SharedMemory cannot do the job here (see Posix)
 
-# --- The bytes ---------------------------------------------------------------------------
+# --- The bytes -------------------------------------------------------------------------------
 
 NULL_COUNT = 0xFFFF_FFFF  # a null QString: no data follows
 LARGE_COUNT = 0xFFFF_FFFE  # Qt 6.7+: the real byte count follows as a signed 64-bit integer
@@ -67,10 +65,8 @@ def count_prefix(byte_count):
 
 def decode_qstring(buffer):
     """The text that `QDataStream >> QString` reads from the start of buffer (None: null).
-
-    Bytes after the string are ignored, as a segment may be larger than its text. The code
-    units are decoded straight from buffer, with no copy. Raises QStringFormatError.
-    """
+    Bytes after it are ignored (a segment may be larger than its text); the code units are
+    decoded straight from buffer, with no copy. Raises QStringFormatError."""
     with memoryview(buffer) as data:
         start, count = qstring_header(data, whole=True)
         return None if count is None else str(data[start:start + count], "utf-16-be",
@@ -102,7 +98,7 @@ def qstring_header(data, whole=False):
     return start, count
 
 
-# --- Keys --------------------------------------------------------------------------------
+# --- Keys, and telling -----------------------------------------------------------------------
 
 # A POSIX segment's name is one file name: 255 bytes on Linux, 30 (+ "/") on macOS, and
 # Qt's semaphore for it is the file "sem.KEY" in /dev/shm on Linux, so 251 there.
@@ -111,26 +107,25 @@ MAX_KEY_BYTES = 30 if sys.platform == "darwin" else 251
 MAX_SYSTEM_V_LETTERS = 255 - len("qipc_sharedmemory_") - 40
 SYSTEM_V_HERE = sys.platform.startswith("linux") and sys.maxsize > 2 ** 32  # 64-bit Linux
 RENAME_HERE = sys.platform.startswith("linux")  # a POSIX segment is a file of /dev/shm
+PROGRAM = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python3"
+verbose = False  # set by --verbose: tell() then says each step as it happens
 
 
 def key_problem(key, system_v=False):
     """What makes key unusable (a sentence), or None if it is fine."""
-    if not key:
-        return "the key is empty"
-    if not key.isascii() or not key.isprintable():
-        return f"key {key!r} must be printable ASCII"
-    if "/" in key or key in (".", ".."):
-        return f"key {key!r} must be a plain name: no '/', not '.' or '..'"
-    if key.startswith("sem."):  # /dev/shm/sem.X is also the semaphore of key X
-        return f"key {key!r} must not start with 'sem.': that names Qt's semaphore of a key"
-    if len(key) > MAX_KEY_BYTES:
-        return f"key is {len(key)} bytes long; this system allows {MAX_KEY_BYTES}"
-    if system_v and not SYSTEM_V_HERE:
-        return "Qt's System V segments are supported on 64-bit Linux only"
-    if system_v and len(key_letters(key)) > MAX_SYSTEM_V_LETTERS:
-        return (f"key has {len(key_letters(key))} letters; Qt's System V key file name "
-                f"allows {MAX_SYSTEM_V_LETTERS}")
-    return None
+    letters = len(key_letters(key))
+    return ("the key is empty" if not key else
+            f"key {key!r} must be printable ASCII" if not (key.isascii() and key.isprintable())
+            else f"key {key!r} must be a plain name: no '/', not '.' or '..'"
+            if "/" in key or key in (".", "..") else  # /dev/shm/sem.X is key X's semaphore:
+            f"key {key!r} must not start with 'sem.': that names Qt's semaphore of a key"
+            if key.startswith("sem.") else
+            f"key is {len(key)} bytes long; this system allows {MAX_KEY_BYTES}"
+            if len(key) > MAX_KEY_BYTES else
+            "Qt's System V segments are supported on 64-bit Linux only"
+            if system_v and not SYSTEM_V_HERE else
+            f"key has {letters} letters; Qt's System V key file name allows "
+            f"{MAX_SYSTEM_V_LETTERS}" if system_v and letters > MAX_SYSTEM_V_LETTERS else None)
 
 
 def key_letters(key):
@@ -139,15 +134,8 @@ def key_letters(key):
 
 def qt_key_file(ipc_type, key):
     """Qt's key file for a plain key: ipc_type is "sharedmemory" or "systemsem"."""
-    return os.path.join(os.path.normpath(os.environ.get("TMPDIR") or "/tmp"),
-                        f"qipc_{ipc_type}_{key_letters(key)}"
-                        f"{hashlib.sha1(key.encode()).hexdigest()}")
-
-
-# --- Telling -----------------------------------------------------------------------------
-
-PROGRAM = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python3"
-verbose = False  # set by --verbose: tell() then says each step as it happens
+    return os.path.join(os.path.normpath(os.environ.get("TMPDIR") or "/tmp"), f"qipc_{ipc_type}_"
+                        f"{key_letters(key)}{hashlib.sha1(key.encode()).hexdigest()}")
 
 
 def warn(message):
@@ -161,24 +149,6 @@ def tell(step, how):
         warn(f"{step:<24} {how}")
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with a usage error told in one line: exit status 2."""
-
-    def error(self, message):
-        warn(f"{message} (see --help)")
-        sys.exit(2)
-
-
-def fill_standard_fds():
-    """/dev/null where standard input, output or error is closed: else the next file we
-    open takes its number, and the text that we print would go into our lock file."""
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
-
-
 def one_line(error):
     """An OSError as one plain line: "FILE: what went wrong", without "[Errno N]"."""
     if not isinstance(error, OSError) or not error.strerror:
@@ -189,22 +159,18 @@ def one_line(error):
 
 def process_name(pid):
     """"show_shared.py (pid 4242)", as /proc tells it; else "pid 4242"."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            args = cmdline.read().decode(errors="replace").split("\0")
-    except OSError:
-        return f"pid {pid}"
-    scripts = [arg for arg in args[1:3] if arg.endswith(".py")]  # python3 SCRIPT ...
-    name = os.path.basename((scripts or args)[0])  # none: it is ending
-    return f"{name} (pid {pid})" if name else f"pid {pid}"
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        args = cmdline.read().decode(errors="replace").split("\0")
+        name = os.path.basename(([arg for arg in args[1:3] if arg.endswith(".py")] or args)[0])
+        return f"{name} (pid {pid})" if name else f"pid {pid}"  # no name: it is ending
+    return f"pid {pid}"
 
 
 def user_name(uid):
     import pwd  # only another user's object needs it
-    try:
+    with contextlib.suppress(KeyError):
         return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
+    return str(uid)
 
 
 def waiting_notice(what, whom):
@@ -218,12 +184,38 @@ def waiting_notice(what, whom):
     return notice
 
 
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+class signals_held:
+    """Hold stop signals off for a step that must not be cut in half (two system calls)."""
+
+    def __enter__(self):
+        self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, {
+            signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+    def __exit__(self, *exception):
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """For the scripts: argparse, with a usage error told in one line (exit status 2)."""
+
+    def error(self, message):
+        warn(f"{message} (see --help)")
+        sys.exit(2)
+
+
+def fill_standard_fds():
+    """For the scripts: /dev/null where standard input, output or error is closed, or the
+    next file we open takes its number, and what we print goes into our lock file."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
 
 
 def stop_like_ctrl_c():
-    """For a script's main(): SIGTERM and SIGHUP end it as Ctrl-C does, by raising
-    KeyboardInterrupt; a signal inherited as ignored (nohup's SIGHUP) stays ignored."""
+    """For the scripts: SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does; a signal
+    inherited as ignored (nohup's SIGHUP) stays ignored."""
     def stop(signum, frame):
         raise KeyboardInterrupt
     for each in (signal.SIGTERM, signal.SIGHUP):
@@ -231,17 +223,7 @@ def stop_like_ctrl_c():
             signal.signal(each, stop)
 
 
-class signals_held:
-    """Hold stop signals off for a step that must not be cut in half (two system calls)."""
-
-    def __enter__(self):
-        self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-
-    def __exit__(self, *exception):
-        signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
-
-
-# --- The lock file -------------------------------------------------------------------------
+# --- The lock file ---------------------------------------------------------------------------
 
 TURN, OWNER = 0, 1  # the byte locks: our half of lock(); the loader's, for its whole life
 LOGBOOK, RECORD = 0, 1  # the file's two 64-byte lines
@@ -252,11 +234,11 @@ class LockFile:
     """The key's lock file, qshm-KEY.lock, in a directory of this user's alone.
 
     Byte TURN is our half of lock(): whoever of ours holds it is the only one of ours at
-    Qt's semaphore. Byte OWNER is held by the loader for its life. The kernel drops both
+    Qt's semaphore. Byte OWNER is the loader's, for its whole life. The kernel drops both
     when their process dies, even by SIGKILL. Line LOGBOOK is the loader's: "PID writing
-    KIND" or "PID loaded KIND". Line RECORD is "PID inside DEV INO" while that process of
-    ours is inside Qt's POSIX semaphore (DEV INO: the semaphore's file).
-    One per path and process: closing any descriptor of a file drops all of the process's
+    KIND" or "PID loaded KIND". Line RECORD is "PID inside DEV INO PROGRAM" while that
+    process of ours is inside Qt's POSIX semaphore (DEV INO: the semaphore's file).
+    One per path and process: closing any descriptor of a file drops all the process's
     fcntl locks on it, and fcntl locks do not exclude threads (so a thread lock does).
     """
     opened = {}
@@ -289,74 +271,69 @@ class LockFile:
             raise PermissionError(errno.EPERM, f"lock file {path} {problem}; refusing to use it")
         tell("our lock file", f"open {path}")
 
-    def lock(self, which, wait=True, what=None):
-        """Take byte lock which (exclusive); False if it is held and we may not wait. fcntl
-        has no timed wait, so a wait tries every 20 ms, to say for whom it waits."""
+    def lock(self, which, wait=True):
+        """Take byte lock which; False if it is held and we may not wait. fcntl has no timed
+        wait, so a wait tries every 20 ms, to say after a second for whom it waits."""
         if which == TURN and not self.threads.acquire(blocking=wait):
             return False
-        notice = waiting_notice(what or f"the lock on key {self.key!r} ({self.path})",
+        notice = waiting_notice(f"the lock on key {self.key!r} ({self.path})",
                                 lambda: f"held by {self.holder(which)}")
         try:
             while True:
-                try:
+                with contextlib.suppress(BlockingIOError, PermissionError):  # by platform
                     fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, which)
                     return True
-                except (BlockingIOError, PermissionError):  # EAGAIN or EACCES, by platform
-                    if not wait:
-                        break
+                if not wait:
+                    break
                 notice()
                 time.sleep(0.02)
         except BaseException:
-            if which == TURN:
-                self.threads.release()
+            self.unlock(which, fcntl_too=False)
             raise
-        if which == TURN:
-            self.threads.release()
+        self.unlock(which, fcntl_too=False)
         return False
 
-    def unlock(self, which):
-        fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, which)
+    def unlock(self, which, fcntl_too=True):
+        if fcntl_too:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, which)
         if which == TURN:
             self.threads.release()
 
     def holder(self, which):
         """Who holds byte lock which, as fcntl(F_GETLK) tells (64-bit Linux's struct flock)."""
-        wanted = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, which, 1, 0)
-        try:
-            kind, _, _, _, pid = struct.unpack("hhqqi4x", fcntl.fcntl(
-                self.fd, fcntl.F_GETLK, wanted))
-        except OSError:
-            return "another process"
-        return process_name(pid) if kind != fcntl.F_UNLCK and pid else "another process"
+        with contextlib.suppress(OSError):
+            kind, _, _, _, pid = struct.unpack("hhqqi4x", fcntl.fcntl(self.fd, fcntl.F_GETLK,
+                struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, which, 1, 0)))
+            if kind != fcntl.F_UNLCK and pid:
+                return process_name(pid)
+        return "another process"
 
     def read(self, line):
         """The words of one line (LOGBOOK or RECORD); [] if it is empty."""
         return os.pread(self.fd, LINE, line * LINE).decode("ascii", "replace").split()
 
+    def write(self, line, text):
+        """Write one line, padded, so that no tail of a longer one stays behind."""
+        os.pwrite(self.fd, text.ljust(LINE - 1).encode() + b"\n", line * LINE)
+
     def logbook(self):
-        """(pid, state, kind) in the LOGBOOK line, (None, None, None) if it is empty; a kind
-        we do not know (a newer loader's, or a broken one's) reads as "posix"."""
+        """(pid, state, kind), or Nones if it is empty; a kind we do not know (a newer
+        loader's, or a broken one's) reads as "posix"."""
         words = self.read(LOGBOOK)
         if len(words) < 2 or not words[0].isdigit():
             return None, None, None
         return int(words[0]), words[1], "sysv" if words[2:] == ["sysv"] else "posix"
 
-    def write(self, line, text):
-        """Write one line, padded, so that no tail of a longer one stays behind."""
-        os.pwrite(self.fd, text.ljust(LINE - 1).encode() + b"\n", line * LINE)
-
 
 def lock_path(key, create=False):
     """qshm-KEY.lock in $XDG_RUNTIME_DIR, else in $TMPDIR/qshm-UID (or /tmp/qshm-UID), made
     with mode 0700 on first use, as tmux does. Either may be a trap: anything but a
-    directory of ours that others cannot write is refused (PermissionError)."""
+    directory of ours that others cannot write is refused."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     folder = runtime or os.path.join(os.environ.get("TMPDIR") or "/tmp", f"qshm-{os.geteuid()}")
     if create and not runtime:
-        try:
+        with contextlib.suppress(FileExistsError):
             os.mkdir(folder, 0o700)
-        except FileExistsError:
-            pass
     try:
         info = os.lstat(folder)  # lstat: a symlink is not our directory
     except FileNotFoundError:
@@ -369,9 +346,8 @@ def lock_path(key, create=False):
         raise PermissionError(errno.EPERM, f"{folder} {problem}; refusing to keep lock files "
                               "there")
     # A key too long for a file name is named by its sha1, with an ending no plain name has.
-    name = f"qshm-{key}.lock" if len(key) <= 245 else \
-        f"qshm-{hashlib.sha1(key.encode()).hexdigest()}.sha1"
-    return os.path.join(folder, name)
+    return os.path.join(folder, f"qshm-{key}.lock" if len(key) <= 245 else
+                        f"qshm-{hashlib.sha1(key.encode()).hexdigest()}.sha1")
 
 
 @dataclasses.dataclass
@@ -379,7 +355,7 @@ class Loader:
     """The last load_shared.py under a key, as its logbook and its OWNER lock tell."""
     pid: int
     alive: bool
-    writing: bool  # its segment may hold half a text (System V, while it writes)
+    writing: bool  # it died while its segment may hold half a text (System V)
     kind: str  # "posix" or "sysv"
 
 
@@ -388,8 +364,7 @@ class Loader:
 libc = ctypes.CDLL(None, use_errno=True)
 libc.shmat.restype = libc.sem_open.restype = ctypes.c_void_p
 libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
-libc.shmdt.argtypes = libc.sem_post.argtypes = libc.sem_close.argtypes = [ctypes.c_void_p]
-libc.sem_trywait.argtypes = [ctypes.c_void_p]
+libc.shmdt.argtypes = libc.sem_post.argtypes = libc.sem_trywait.argtypes = [ctypes.c_void_p]
 libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
 libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
 IPC_CREAT, IPC_EXCL, IPC_NOWAIT, IPC_RMID, IPC_STAT = 0o1000, 0o2000, 0o4000, 0, 2
@@ -422,11 +397,21 @@ def c_call(result, what):
     return result
 
 
-# --- The two kinds of segment, each with its kind of Qt's lock --------------------------------
+def shm_status(shmid):
+    status = ShmidDs()
+    c_call(libc.shmctl(shmid, IPC_STAT, ctypes.byref(status)), f"shmid {shmid}")
+    return status
+
+
+def timespec(seconds):
+    return Timespec(int(seconds), int(seconds % 1 * 1e9))
+
+
+# --- One backend per kind of key: its segment, and its kind of Qt's lock -------------------------
 
 class Mapping:
-    """A segment mapped into this process: buf (a memoryview) and const (read-only), size,
-    close(); ident, what names it (a POSIX segment's name, a System V shmid)."""
+    """A segment mapped here: buf and const (read-only) memoryviews, size, close(); ident,
+    what names it (a POSIX segment's name, a System V shmid)."""
 
     def __init__(self, buf, close, ident):
         self.buf, self.const, self.size = buf, buf.toreadonly(), len(buf)
@@ -439,14 +424,15 @@ class Mapping:
 
 
 class Posix:
-    """The POSIX segment /KEY (the file /dev/shm/KEY on Linux), locked by the POSIX named
-    semaphore /KEY (/dev/shm/sem.KEY), as Qt 6's platformSafeKey("KEY") makes them.
+    """The POSIX segment /KEY (the file /dev/shm/KEY on Linux), and Qt's lock for it, the
+    POSIX named semaphore /KEY (/dev/shm/sem.KEY): Qt 6's platformSafeKey("KEY").
 
-    Segments are made and mapped with _posixshmem, the C half of multiprocessing's
-    SharedMemory, which cannot do it here: it cannot map read-only; a reader's failed
-    mmap unlinks the segment (CPython issue 153279); and before 3.13 it hands each segment
-    to the resource tracker, which removes it when we exit."""
-    tag = "posix"
+    Made and mapped with _posixshmem, the C half of multiprocessing's SharedMemory, which
+    cannot do it here: it cannot map read-only; a reader's failed mmap unlinks the segment
+    (CPython issue 153279); before 3.13 it hands each segment to the resource tracker,
+    which removes it when we exit. The semaphore has no undo: one left taken by a dead
+    process stays taken (see QSharedMemory.lock for how ours are given back)."""
+    tag, calls = "posix", ("sem_wait", "sem_post")
 
     def __init__(self, key):
         self.key, self.name = key, "/" + key
@@ -526,17 +512,15 @@ class Posix:
                     os.lstat(f"/dev/shm/{name}").st_uid == os.geteuid():
                 os.unlink(f"/dev/shm/{name}")
 
-    def exists(self):
+    def users(self):
+        """None if there is no segment under the key; else how many map it, -1: unknown."""
         try:
             os.close(_posixshmem.shm_open(self.name, os.O_RDONLY | os.O_NONBLOCK, 0))
         except FileNotFoundError:
-            return False
+            return None
         except PermissionError:  # there, another user's
             pass
-        return True
-
-    def attached_count(self):
-        return None  # POSIX does not count them
+        return -1
 
     def others(self):
         """(what, uid, how root removes it, note) of what others have under the key."""
@@ -547,14 +531,78 @@ class Posix:
                 found.append((what, os.lstat(path).st_uid, f"rm {path}", ""))
         return [each for each in found if each[1] != os.geteuid()]
 
-    def semaphore(self, create):
-        return PosixSemaphore(self.name, create)
+    # Qt's lock: the named semaphore /KEY
+
+    def open_lock(self, create):
+        """sem_open; create: with O_CREAT and value 1, as Qt's second try does. Qt's first,
+        which unlinks a semaphore that is there, would let two in: its holder, and us."""
+        self.handle = c_call(libc.sem_open(self.name.encode(), os.O_CREAT if create else 0,
+                                           ctypes.c_uint(0o600), ctypes.c_uint(1)),
+                             f"semaphore {self.name}")
+        self.ident = mapped_file(self.handle)
+        tell("Qt's lock", f"sem_open{'(O_CREAT)' if create else ''}: {self.name}")
+
+    def take(self, seconds):
+        """sem_timedwait for up to seconds (macOS: sem_trywait now and then): True if ours."""
+        deadline = time.time() + seconds
+        while not hasattr(libc, "sem_timedwait") and libc.sem_trywait(self.handle):
+            if time.time() >= deadline:
+                return False
+            time.sleep(0.01)
+        if not hasattr(libc, "sem_timedwait") or libc.sem_timedwait(
+                ctypes.c_void_p(self.handle), ctypes.byref(timespec(deadline))) == 0:
+            return True
+        if ctypes.get_errno() not in (errno.ETIMEDOUT, errno.EINTR):
+            c_call(-1, f"semaphore {self.name}")
+        return False
+
+    def give(self):
+        c_call(libc.sem_post(ctypes.c_void_p(self.handle)), f"semaphore {self.name}")
+
+    def taken(self):
+        value = ctypes.c_int()
+        libc.sem_getvalue(ctypes.c_void_p(self.handle), ctypes.byref(value))
+        return value.value <= 0
+
+    def holder(self):
+        return ("held by a program that is not one of ours (a Qt program?), which no one can "
+                "tell; if it died inside lock(), quit every program that uses the key, "
+                f"then: rm /dev/shm/sem.{self.key}")
+
+    def remove_lock(self):
+        """sem_unlink: called only by its maker, while it holds it."""
+        libc.sem_unlink(self.name.encode())
+        tell("Qt's lock", f"sem_unlink, while we hold it: {self.name}")
+
+    def close_lock(self):
+        libc.sem_close(ctypes.c_void_p(self.handle))
+
+
+def mapped_file(address):
+    """"DEV INO" of the file mapped at address, as /proc/self/maps tells (Linux): which
+    semaphore we have open, whatever name it has now; else None."""
+    with contextlib.suppress(OSError), open("/proc/self/maps") as maps:
+        for line in maps:
+            span, _, _, device, inode = line.split()[:5]
+            start, end = (int(part, 16) for part in span.split("-"))
+            if start <= address < end:
+                return f"{device} {inode}"
+    return None
+
+
+def same_file(path, other):
+    try:
+        return os.path.samestat(os.lstat(path), os.lstat(other))
+    except OSError:
+        return False
 
 
 class SystemV:
-    """Qt's System V segment for a plain key, locked by a System V semaphore: both found by
-    ftok() of Qt's key files in the temporary directory, as the article's program does."""
-    tag = "sysv"
+    """Qt's System V segment for a plain key, and Qt's lock for it, a set of one System V
+    semaphore: both found by ftok() of Qt's key files in the temporary directory, as the
+    article's program does. The lock is taken with SEM_UNDO: the kernel gives back the
+    lock of a process that dies holding it."""
+    tag, calls, ident = "sysv", ("semop(-1, SEM_UNDO)", "semop(+1, SEM_UNDO)"), None
 
     def __init__(self, key):
         self.key, self.label = key, f"{key} (System V)"
@@ -591,9 +639,8 @@ class SystemV:
         address = libc.shmat(shmid, None, 0 if writable else SHM_RDONLY)
         if address == ctypes.c_void_p(-1).value:
             c_call(-1, f"shmat {shmid}")
-        memory = (ctypes.c_ubyte * shm_status(shmid).segsz).from_address(address)
-        view = memoryview(memory).cast("B")
-        return Mapping(view if writable else view.toreadonly(),
+        view = memoryview((ctypes.c_ubyte * shm_status(shmid).segsz).from_address(address))
+        return Mapping(view.cast("B") if writable else view.cast("B").toreadonly(),
                        lambda: libc.shmdt(ctypes.c_void_p(address)), shmid)
 
     def remove(self, mapping=None):
@@ -611,22 +658,18 @@ class SystemV:
     def clear_unfinished(self):
         """Nothing: a System V segment is made under the key at once."""
 
-    def exists(self):
+    def users(self):
+        """None if there is no segment under the key; else how many are attached to it."""
         try:
-            self.shmid()
+            return shm_status(self.shmid()).nattch
         except OSError:
-            return False
-        return True
-
-    def attached_count(self):
-        return shm_status(self.shmid()).nattch
+            return None
 
     def others(self):
         """What others have under the key: what /proc/sysvipc lists, then key files."""
         found, files = [], []
         for what, table, key_file in ((f"segment {self.label}", "shm", self.key_file),
-                                      (f"Qt's lock for {self.label}", "sem",
-                                       self.lock_key_file)):
+                                      (f"Qt's lock for {self.label}", "sem", self.lock_key_file)):
             try:
                 uid = os.lstat(key_file.path).st_uid
                 files.append((f"Qt's key file {key_file.path}", uid, f"rm {key_file.path}", ""))
@@ -637,32 +680,76 @@ class SystemV:
                 columns = listing.readline().split()
                 for row in (dict(zip(columns, line.split())) for line in listing):
                     if int(row["key"]) == key:
-                        found.append((what, int(row["uid"]), f"ipcrm -{'m' if table == 'shm' else 's'} "
-                                      f"{row.get('shmid') or row['semid']}",
-                                      " and nobody is attached to it (its loader is gone)"
-                                      if row.get("nattch") == "0" else ""))
+                        removal = f"ipcrm -m {row['shmid']}" if table == "shm" else \
+                            f"ipcrm -s {row['semid']}"
+                        found.append((what, int(row["uid"]), removal, " and nobody is attached "
+                                      "to it (its loader is gone)" if row.get("nattch") == "0"
+                                      else ""))
         return [each for each in found + files if each[1] != os.geteuid()]
 
-    def semaphore(self, create):
-        return SystemVSemaphore(self.lock_key_file, create, self.label)
+    # Qt's lock: a set of one System V semaphore
+
+    def open_lock(self, create):
+        """semget, as Qt does: with create, make the set (value 1) if it is not there."""
+        self.create = create
+        while True:  # its maker (a Qt program that quits) may remove it at any moment
+            key = self.lock_key_file.ipc_key(create)
+            self.semid = libc.semget(key, 1, 0o600 | IPC_CREAT | IPC_EXCL if create else 0)
+            if self.semid != -1 and create:  # a new set starts at 0: make it a free lock
+                c_call(libc.semctl(self.semid, 0, SETVAL, ctypes.c_int(1)), key)
+            elif self.semid == -1 and create and ctypes.get_errno() == errno.EEXIST:
+                self.semid = libc.semget(key, 1, 0o600)  # as it is: SEM_UNDO kept it right
+                if self.semid == -1 and ctypes.get_errno() == errno.ENOENT:
+                    continue
+            c_call(self.semid, f"semaphore {self.lock_key_file.path}")
+            return tell("Qt's lock", f"semget: semid {self.semid}")
+
+    def change(self, delta, seconds):
+        if self.semid is None:  # gone, with its maker
+            return True
+        operation = Sembuf(0, delta, SEM_UNDO | (0 if seconds else IPC_NOWAIT))
+        if libc.semtimedop(self.semid, ctypes.byref(operation), 1,
+                           ctypes.byref(timespec(seconds))) == 0:
+            return True
+        code = ctypes.get_errno()
+        if code in (errno.EIDRM, errno.EINVAL) and delta > 0:
+            return True  # its maker removed it meanwhile: nothing to give back
+        if code in (errno.EIDRM, errno.EINVAL):  # its maker (a Qt program) quit: the loader
+            try:  # makes it afresh, as Qt does; a reader goes on without it
+                self.open_lock(self.create)
+            except FileNotFoundError:
+                self.semid = None
+                return True
+        elif code not in (errno.EAGAIN, errno.EINTR):
+            c_call(-1, f"semaphore {self.lock_key_file.path}")
+        return False
+
+    def take(self, seconds):
+        return self.change(-1, seconds)
+
+    def give(self):
+        self.change(+1, 0)
+
+    def taken(self):
+        return self.semid is not None and libc.semctl(self.semid, 0, GETVAL, ctypes.c_int(0)) == 0
+
+    def holder(self):  # GETPID: the last to change it, which is who holds it
+        return "held by " + (process_name(libc.semctl(self.semid, 0, GETPID, ctypes.c_int(0)))
+                             if self.semid is not None else "nobody now")
+
+    def remove_lock(self):
+        if self.semid is not None:
+            libc.semctl(self.semid, 0, IPC_RMID, ctypes.c_int(0))
+            tell("Qt's lock", f"semctl(IPC_RMID): semid {self.semid}")
+        self.lock_key_file.remove()
+
+    def close_lock(self):
+        """Nothing: a set is used by its id."""
 
 
 def whose(owned):
     """"segment /KEY belongs to user alice", and what more is known of it."""
     return f"{owned[0]} belongs to user {user_name(owned[1])}{owned[3]}"
-
-
-def shm_status(shmid):
-    status = ShmidDs()
-    c_call(libc.shmctl(shmid, IPC_STAT, ctypes.byref(status)), f"shmid {shmid}")
-    return status
-
-
-def same_file(path, other):
-    try:
-        return os.path.samestat(os.lstat(path), os.lstat(other))
-    except OSError:
-        return False
 
 
 class KeyFile:
@@ -676,169 +763,34 @@ class KeyFile:
     def ipc_key(self, create):
         while True:
             if create:
-                try:
+                with contextlib.suppress(FileExistsError):
                     fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW,
                                  0o640)
                     self.made = os.fstat(fd).st_ino
                     os.close(fd)
-                except FileExistsError:
-                    pass
             try:
                 info = os.lstat(self.path)
             except FileNotFoundError:
                 if create:
                     continue  # its maker (a Qt program that quit) removed it: make it again
                 raise
+            if stat.S_ISLNK(info.st_mode) and not create:
+                raise FileNotFoundError(errno.ENOENT, "a symlink, not followed", self.path)
             problem = ("is a symlink" if stat.S_ISLNK(info.st_mode) else
                        "is not a regular file" if not stat.S_ISREG(info.st_mode) else
                        f"belongs to user {user_name(info.st_uid)}"
                        if create and info.st_uid != os.geteuid() else None)
-            if problem and not create and stat.S_ISLNK(info.st_mode):
-                raise FileNotFoundError(errno.ENOENT, "a symlink, not followed", self.path)
             if problem:
                 raise PermissionError(errno.EPERM, f"Qt's key file {self.path} {problem}; "
                                       "refusing to use it")
             return c_call(libc.ftok(os.fsencode(self.path), ord("Q")), self.path)
 
     def remove(self):
-        try:
+        with contextlib.suppress(OSError):
             info = os.lstat(self.path)
             if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and \
                     self.made in (None, info.st_ino):
                 os.unlink(self.path)
-        except OSError:
-            pass
-
-
-class PosixSemaphore:
-    """Qt's lock for /KEY: the POSIX named semaphore /KEY. It has no undo: one left taken
-    by a dead process stays taken; see QSharedMemory.lock for how ours are given back."""
-    calls = ("sem_wait", "sem_post")
-
-    def __init__(self, name, create):
-        # create: O_CREAT with value 1, as Qt's second try does. Qt's first, which unlinks
-        # a semaphore that is there, would let two in: whoever holds the old one, and us.
-        self.name = name
-        self.handle = c_call(libc.sem_open(name.encode(), os.O_CREAT if create else 0,
-                                           ctypes.c_uint(0o600), ctypes.c_uint(1)),
-                             f"semaphore {name}")
-        self.ident = mapped_file(self.handle)
-        tell("Qt's lock", f"sem_open{'(O_CREAT)' if create else ''}: {name}")
-
-    def take(self, seconds):
-        """sem_timedwait for up to seconds: True once it is ours."""
-        if not hasattr(libc, "sem_timedwait"):  # macOS: no timed wait; try now and then
-            deadline = time.monotonic() + seconds
-            while libc.sem_trywait(self.handle) != 0:
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(0.01)
-            return True
-        until = time.time() + seconds
-        deadline = Timespec(int(until), int(until % 1 * 1e9))
-        if libc.sem_timedwait(ctypes.c_void_p(self.handle), ctypes.byref(deadline)) == 0:
-            return True
-        if ctypes.get_errno() not in (errno.ETIMEDOUT, errno.EINTR):
-            c_call(-1, f"semaphore {self.name}")
-        return False
-
-    def give(self):
-        c_call(libc.sem_post(ctypes.c_void_p(self.handle)), f"semaphore {self.name}")
-
-    def taken(self):
-        value = ctypes.c_int()
-        libc.sem_getvalue(ctypes.c_void_p(self.handle), ctypes.byref(value))
-        return value.value <= 0
-
-    def holder(self):
-        return ("held by a program that is not one of ours (a Qt program?), which no one can "
-                "tell; if it died inside lock(), quit every program that uses the key, "
-                f"then: rm /dev/shm/sem.{self.name[1:]}")
-
-    def remove(self):
-        """sem_unlink: called only by its maker, while it holds it."""
-        libc.sem_unlink(self.name.encode())
-        tell("Qt's lock", f"sem_unlink, while we hold it: {self.name}")
-
-    def close(self):
-        libc.sem_close(ctypes.c_void_p(self.handle))
-
-
-def mapped_file(address):
-    """"DEV INO" of the file mapped at address, as /proc/self/maps tells (Linux): which
-    semaphore we have open, whatever name it has now; else None."""
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                span, _, _, device, inode = line.split()[:5]
-                start, end = (int(part, 16) for part in span.split("-"))
-                if start <= address < end:
-                    return f"{device} {inode}"
-    except OSError:
-        pass
-    return None
-
-
-class SystemVSemaphore:
-    """Qt's lock for a plain key: a set of one System V semaphore. Taken with SEM_UNDO,
-    so the kernel gives back the lock of a process that dies holding it."""
-    calls = ("semop(-1, SEM_UNDO)", "semop(+1, SEM_UNDO)")
-
-    def __init__(self, key_file, create, label):
-        self.key_file, self.label, self.create, self.ident = key_file, label, create, None
-        while True:  # its maker (a Qt program that quits) may remove it at any moment
-            key = key_file.ipc_key(create)
-            self.semid = libc.semget(key, 1, 0o600 | IPC_CREAT | IPC_EXCL if create else 0)
-            if self.semid != -1 and create:  # a new set starts at 0: make it a free lock
-                c_call(libc.semctl(self.semid, 0, SETVAL, ctypes.c_int(1)), key_file.path)
-            elif self.semid == -1 and create and ctypes.get_errno() == errno.EEXIST:
-                self.semid = libc.semget(key, 1, 0o600)  # as it is: SEM_UNDO kept it right
-                if self.semid == -1 and ctypes.get_errno() == errno.ENOENT:
-                    continue
-            c_call(self.semid, f"semaphore {key_file.path}")
-            break
-        tell("Qt's lock", f"semget: semid {self.semid}")
-
-    def change(self, delta, seconds):
-        if self.semid is None:  # gone, with its maker
-            return True
-        wait = Timespec(int(seconds), int(seconds % 1 * 1e9))
-        operation = Sembuf(0, delta, SEM_UNDO | (IPC_NOWAIT if not seconds else 0))
-        if libc.semtimedop(self.semid, ctypes.byref(operation), 1, ctypes.byref(wait)) == 0:
-            return True
-        code = ctypes.get_errno()
-        if code in (errno.EIDRM, errno.EINVAL) and delta > 0:
-            return True  # its maker removed it meanwhile: nothing to give back
-        if code in (errno.EIDRM, errno.EINVAL):  # its maker (a Qt program) quit: the loader
-            try:  # makes it afresh, as Qt does; a reader goes on without it
-                self.__init__(self.key_file, self.create, self.label)
-            except FileNotFoundError:
-                self.semid = None
-                return True
-        elif code not in (errno.EAGAIN, errno.EINTR):
-            c_call(-1, f"semaphore {self.key_file.path}")
-        return False
-
-    def take(self, seconds):
-        return self.change(-1, seconds)
-
-    def give(self):
-        self.change(+1, 0)
-
-    def taken(self):
-        return self.semid is not None and libc.semctl(self.semid, 0, GETVAL, ctypes.c_int(0)) == 0
-
-    def holder(self):
-        return "held by " + process_name(libc.semctl(self.semid, 0, GETPID, ctypes.c_int(0)))
-
-    def remove(self):
-        if self.semid is not None:
-            libc.semctl(self.semid, 0, IPC_RMID, ctypes.c_int(0))
-        self.key_file.remove()
-        tell("Qt's lock", f"semctl(IPC_RMID): semid {self.semid}")
-
-    def close(self):
-        pass
 
 
 # --- QSharedMemory ---------------------------------------------------------------------------
@@ -856,43 +808,28 @@ class QSharedMemory:
     """Qt's QSharedMemory, as Qt 6.6 and PySide6 name it, for Python.
 
     QSharedMemory("KEY") is Qt's plain key: a System V segment (64-bit Linux), as the
-    article's programs and every Qt 5 program make it. QSharedMemory(
+    article's programs and every Qt 5 program make it; QSharedMemory(
     QSharedMemory.platformSafeKey("KEY")) is the POSIX segment /KEY. Failures return False
     and set error() and errorString(), as in Qt.
     """
-
-    class AccessMode(enum.IntEnum):
-        ReadOnly = 0
-        ReadWrite = 1
-
-    class SharedMemoryError(enum.IntEnum):
-        NoError = 0
-        PermissionDenied = 1
-        InvalidSize = 2
-        KeyError = 3
-        AlreadyExists = 4
-        NotFound = 5
-        LockError = 6
-        OutOfResources = 7
-        UnknownError = 8
-
+    AccessMode = enum.IntEnum("AccessMode", "ReadOnly ReadWrite", start=0)
+    SharedMemoryError = enum.IntEnum("SharedMemoryError", "NoError PermissionDenied InvalidSize "
+                                     "KeyError AlreadyExists NotFound LockError OutOfResources "
+                                     "UnknownError", start=0)
     ReadOnly, ReadWrite = AccessMode.ReadOnly, AccessMode.ReadWrite
-    ERRORS = {errno.EEXIST: SharedMemoryError.AlreadyExists,
-              errno.ENOENT: SharedMemoryError.NotFound,
-              errno.EACCES: SharedMemoryError.PermissionDenied,
-              errno.EPERM: SharedMemoryError.PermissionDenied,
-              errno.ENOMEM: SharedMemoryError.OutOfResources,
-              errno.ENOSPC: SharedMemoryError.OutOfResources,
-              errno.EFBIG: SharedMemoryError.OutOfResources,
-              errno.EINVAL: SharedMemoryError.InvalidSize}
+    ERRORS = {errno.EEXIST: SharedMemoryError.AlreadyExists, errno.ENOENT:
+              SharedMemoryError.NotFound, errno.EACCES: SharedMemoryError.PermissionDenied,
+              errno.EPERM: SharedMemoryError.PermissionDenied, errno.EINVAL:
+              SharedMemoryError.InvalidSize, **dict.fromkeys(
+                  (errno.ENOMEM, errno.ENOSPC, errno.EFBIG), SharedMemoryError.OutOfResources)}
 
     def __init__(self, key="", parent=None):
-        self._mapping = self._semaphore = self._lock_file = None
+        self._mapping = self._lock = self._lock_file = None
         self._held = self._owner = self._made = False
         self._error, self._error_string = self.SharedMemoryError.NoError, ""
         self.setKey(key)
 
-    # Qt's calls --------------------------------------------------------------------------
+    # Qt's calls ------------------------------------------------------------------------------
 
     @staticmethod
     def platformSafeKey(key):
@@ -916,20 +853,19 @@ class QSharedMemory:
     def create(self, size, mode=AccessMode.ReadWrite):
         """Make a segment of size bytes under the key, and attach to it (AlreadyExists if
         one is there). Its creator removes it at detach(); Qt 6 leaves a POSIX one."""
-        if not self._usable("create"):
+        if not self._usable():
             return False
         if size <= 0:
             return self._fail(self.SharedMemoryError.InvalidSize, "the size must be positive")
         try:
-            self._mapping = self._kind.make(size)
+            self._mapping, self._made = self._kind.make(size), True
         except OSError as error:
             return self._fail(error)
-        self._made = True
         return True
 
     def attach(self, mode=AccessMode.ReadWrite):
         """Map the segment under the key; ReadOnly maps it so that we can change nothing."""
-        if not self._usable("attach"):
+        if not self._usable():
             return False
         theirs = [each for each in self._kind.others() if each[0].startswith("segment")]
         if theirs:
@@ -946,7 +882,7 @@ class QSharedMemory:
     def detach(self, wait=True):
         """Unmap. A creator or owner also removes its segment, and Qt's lock that it opened,
         while holding it; a reader's detach never removes anything. wait=False (ours): take
-        no lock that is held; leave Qt's lock to the next loader then."""
+        no lock that is held, and leave Qt's lock to the next loader then."""
         mapping, self._mapping = getattr(self, "_mapping", None), None
         if mapping is None and not getattr(self, "_owner", False):
             return False
@@ -967,38 +903,29 @@ class QSharedMemory:
              taken, we take its place inside: one write, no sem_post, so once per death.
              (Died after sem_wait: taken, no record. Stuck but safe: every waiter says so,
              with the command that frees it.)
-          3. POSIX: our RECORD, "PID inside DEV INO", or if it cannot be written, sem_post
-             and fail. (Died here: the next of ours takes our place.)
+          3. POSIX: our RECORD, or if it cannot be written, sem_post and fail. (Died here:
+             the next of ours takes our place.)
         unlock() clears the RECORD, then sem_post (signals held off between the two: a
         death there is stuck but safe), then lets go of our turn. System V needs no RECORD:
         the kernel undoes a dead holder's semop (SEM_UNDO).
         """
-        if self._held:
-            return True
-        if not self._usable("lock"):
-            return False
+        if self._held or not self._usable():
+            return self._held
         try:  # no Qt lock, and no lock file: no program of ours nor Qt's takes a lock here
-            self._semaphore = self._semaphore or self._kind.semaphore(self._owner or self._made)
-        except FileNotFoundError:
-            pass
-        except OSError as error:
-            return self._fail(error, code=self.SharedMemoryError.LockError)
-        try:
-            lock_file = self._lock_file = LockFile.of(self._key, create=bool(self._semaphore))
+            self._lock = self._lock or self._opened_lock(self._kind, self._owner or self._made)
+            lock_file = self._lock_file = LockFile.of(self._key, create=bool(self._lock))
             lock_file.lock(TURN)
+            tell("lock(), our half", f"fcntl: lock byte {TURN} of {lock_file.path}")
         except OSError as error:
-            if self._semaphore or not isinstance(error, FileNotFoundError):
+            if self._lock or not isinstance(error, FileNotFoundError):
                 return self._fail(error, code=self.SharedMemoryError.LockError)
             lock_file = self._lock_file = None
-        else:
-            tell("lock(), our half", f"fcntl: lock byte {TURN} of {lock_file.path}")
         try:
-            if self._semaphore:
-                notice = waiting_notice(f"Qt's lock on {self._kind.label}",
-                                        self._semaphore.holder)
+            if self._lock:
+                notice = waiting_notice(f"Qt's lock on {self._kind.label}", self._lock.holder)
                 while not self._enter(lock_file, 0.2):
                     notice()
-                tell("lock(), Qt's half", f"{self._semaphore.calls[0]}: {self._kind.label}")
+                tell("lock(), Qt's half", f"{self._lock.calls[0]}: {self._kind.label}")
         except BaseException as error:
             lock_file.unlock(TURN)
             if isinstance(error, OSError):
@@ -1011,21 +938,20 @@ class QSharedMemory:
         """Give back Qt's lock, then ours (see lock())."""
         if not self._held:
             return self._fail(self.SharedMemoryError.LockError, "not locked")
-        lock_file, semaphore = self._lock_file, self._semaphore
-        self._held = False
+        lock_file, qt_lock, self._held = self._lock_file, self._lock, False
         try:
             with signals_held():
-                if semaphore and semaphore.ident:
+                if qt_lock and qt_lock.ident:
                     lock_file.write(RECORD, "")
-                if semaphore:
-                    semaphore.give()
+                if qt_lock:
+                    qt_lock.give()
         except OSError as error:  # the record stays: the next of ours takes our place
             return self._fail(error, code=self.SharedMemoryError.LockError)
         finally:
             if lock_file:
                 lock_file.unlock(TURN)
-        if semaphore:
-            tell("unlock(), Qt's half", f"{semaphore.calls[1]}: {self._kind.label}")
+        if qt_lock:
+            tell("unlock(), Qt's half", f"{qt_lock.calls[1]}: {self._kind.label}")
         tell("unlock(), our half", f"fcntl: unlock byte {TURN}")
         return True
 
@@ -1048,14 +974,14 @@ class QSharedMemory:
         with contextlib.suppress(Exception):
             self.detach()
 
-    # Ours: what Qt lacks --------------------------------------------------------------------
+    # Ours: what Qt lacks ---------------------------------------------------------------------
 
     def own(self, replace=False):
         """Become the key's one loader, while this process lives (AlreadyExists if a living
         one is there). What a dead loader of ours left is cleared; another program's
         segment goes only with replace (a System V one nobody is attached to, always);
         another user's objects are never touched."""
-        if not self._usable("own"):
+        if not self._usable():
             return False
         try:
             lock_file = LockFile.of(self._key)
@@ -1074,7 +1000,7 @@ class QSharedMemory:
             lock_file.unlock(TURN)
 
     def load(self, *chunks):
-        """Put the bytes of chunks, one after another, under the key in a new segment, under
+        """Put the bytes of chunks, one after another, in a new segment under the key, under
         lock(): made beside the old one, which it replaces at once (System V: in its place,
         and the old one put back if the new one cannot be made). If it fails, the old text
         stays. Call own() first."""
@@ -1089,15 +1015,15 @@ class QSharedMemory:
             try:
                 new = kind.make(size, beside)
             except OSError as error:
-                why = f"cannot make a {size}-byte segment {kind.label}: {error.strerror}"
-                self._fail(error, why)
+                self._fail(error, f"cannot make a {size}-byte segment {kind.label}: "
+                                  f"{error.strerror}")
                 if old and not beside:
                     self._mapping = None
                     try:
                         self._mapping = self._put_back(old)
                     except OSError as lost:
-                        self._fail(error, f"{why}; and the old text could not be put back: "
-                                          f"{lost.strerror}")
+                        self._error_string += f"; and the old text could not be put back: " \
+                                              f"{lost.strerror}"
                 self._write_logbook("loaded" if self._mapping else "")
                 return False
             start = 0
@@ -1144,19 +1070,17 @@ class QSharedMemory:
                 return
         except OSError:
             return
-        try:
-            self._semaphore = self._semaphore or self._kind.semaphore(False)
+        with contextlib.suppress(OSError):
+            self._lock = self._lock or self._opened_lock(self._kind, False)
             self._held = self._take_place_of_dead(lock_file)
-        except OSError:
-            pass
         if self._held:
             self.unlock()
         else:
             lock_file.unlock(TURN)
 
-    # The steps behind them -------------------------------------------------------------------
+    # The steps behind them ---------------------------------------------------------------------
 
-    def _usable(self, call):
+    def _usable(self):
         problem = key_problem(self._key, system_v=not isinstance(self._kind, Posix))
         return not problem or self._fail(self.SharedMemoryError.KeyError, problem)
 
@@ -1166,24 +1090,29 @@ class QSharedMemory:
             code = code or self.ERRORS.get(error.errno, self.SharedMemoryError.UnknownError)
             if why is None and error.errno == errno.EEXIST and error.filename:
                 why = f"{self._kind.label} exists already (made by another program)"
-            elif why is None:
-                why = one_line(error)
+            why = why or one_line(error)
         self._error, self._error_string = code or error, why
         return False
 
+    @staticmethod
+    def _opened_lock(kind, create):
+        """kind, with its Qt lock open (None: there is none, and no create)."""
+        kind.open_lock(create)
+        return kind
+
     def _enter(self, lock_file, seconds):
-        """Step 2 (for up to seconds) and step 3 of lock(), holding our turn: True if in."""
-        semaphore = self._semaphore
+        """Steps 2 (for up to seconds) and 3 of lock(), holding our turn: True if in."""
+        qt_lock = self._lock
         if self._take_place_of_dead(lock_file):
             return True
         with signals_held():  # we hold it, alive, until the record names us
-            if not semaphore.take(seconds):
+            if not qt_lock.take(seconds):
                 return False
             try:
-                if semaphore.ident:
-                    lock_file.write(RECORD, f"{os.getpid()} inside {semaphore.ident} {PROGRAM}")
+                if qt_lock.ident:
+                    lock_file.write(RECORD, f"{os.getpid()} inside {qt_lock.ident} {PROGRAM}")
             except OSError as error:
-                semaphore.give()
+                qt_lock.give()
                 raise OSError(error.errno, f"cannot write our record in {lock_file.path}: "
                               f"{error.strerror}; Qt's lock was given back") from None
         return True
@@ -1192,11 +1121,11 @@ class QSharedMemory:
         """A RECORD found by whoever holds our turn was left by a process of ours that died
         inside. If it names this semaphore, still taken, put ourselves in its place (one
         write); else it is stale (a Qt program's create() made a fresh one): clear it."""
-        record, semaphore = lock_file.read(RECORD), self._semaphore
+        record, qt_lock = lock_file.read(RECORD), self._lock
         if not record:
             return False
-        if semaphore.ident and " ".join(record[2:4]) == semaphore.ident and semaphore.taken():
-            lock_file.write(RECORD, f"{os.getpid()} inside {semaphore.ident} {PROGRAM}")
+        if qt_lock.ident and " ".join(record[2:4]) == qt_lock.ident and qt_lock.taken():
+            lock_file.write(RECORD, f"{os.getpid()} inside {qt_lock.ident} {PROGRAM}")
             warn(f"Qt's lock on {self._kind.label} was left taken by {' '.join(record[4:])} "
                  f"(pid {record[0]}), a process of ours that died inside it; taking its place")
             return True
@@ -1219,35 +1148,33 @@ class QSharedMemory:
             raise OSError(errno.EPERM, f"{whose(theirs[0])}: only they or root may remove it "
                           f"(root: {'; '.join(each[2] for each in theirs)}); use another --key")
         for left in kinds if dead else ():  # its OWNER lock was free: it is gone
-            if left.tag == dead_kind and left.exists():
+            if left.tag == dead_kind and left.users() is not None:
                 warn(f"replacing {left.label}, left behind by load_shared.py (pid {dead}), "
                      "which is gone")
                 left.remove()
             left.clear_unfinished()
             if left.tag != kind.tag:
-                self._remove_semaphore(left, lock_file)
-        if kind.exists():
-            users = kind.attached_count()
-            if users == 0:
-                warn(f"replacing {label}, which nobody is attached to (a program that made "
-                     "it was killed)")
-            elif replace:
-                warn(f"--replace: taking over {label}")
-            elif users:
-                raise OSError(errno.EEXIST, f"{label} is held by {users} attached process"
-                              f"{'es' if users > 1 else ''} (a Qt program?); use --replace "
-                              "to take it over")
-            else:
-                raise OSError(errno.EEXIST, f"segment {label} exists but load_shared.py "
-                              "did not make it (a Qt program's?); use --replace to take it over")
+                self._remove_lock(left, lock_file)
+        users = kind.users()
+        if users == 0:
+            warn(f"replacing {label}, which nobody is attached to (a program that made it "
+                 "was killed)")
+        elif users is not None and replace:
+            warn(f"--replace: taking over {label}")
+        elif users is not None:
+            raise OSError(errno.EEXIST, (
+                f"{label} is held by {users} attached process{'es' * (users > 1)} (a Qt "
+                "program?)" if users > 0 else f"segment {label} exists but load_shared.py did "
+                "not make it (a Qt program's?)") + "; use --replace to take it over")
+        if users is not None:
             kind.remove()
         kind.clear_unfinished()
         self._write_logbook("")
-        self._semaphore = kind.semaphore(create=True)
+        self._lock = self._opened_lock(kind, create=True)
         if self._take_place_of_dead(lock_file):  # a dead one of ours inside: let Qt in
             with signals_held():
                 lock_file.write(RECORD, "")
-                self._semaphore.give()
+                self._lock.give()
 
     def _write_logbook(self, state):
         line = f"{os.getpid()} {state} {self._kind.tag}" if state else ""
@@ -1279,27 +1206,28 @@ class QSharedMemory:
                 self._kind.remove(mapping)
             if self._owner:
                 self._write_logbook("")
-            if self._semaphore and locked:
-                self._remove_semaphore(self._kind, lock_file, self._semaphore, wait)
-            elif self._semaphore:
-                warn(f"our lock on key {self._key!r} is held by {lock_file.holder(TURN)}; "
-                     f"leaving Qt's lock on {self._kind.label} in place (the next "
+            if self._lock and locked:
+                self._remove_lock(self._kind, lock_file, wait)
+            elif self._lock:
+                warn(f"leaving Qt's lock on {self._kind.label} in place: our lock on key "
+                     f"{self._key!r} is held by {lock_file.holder(TURN)} (the next "
                      "load_shared.py removes it)")
         finally:
             self._owner = self._made = self._held = False
-            self._semaphore = None
+            self._lock = None
             if locked:
                 lock_file.unlock(TURN)
 
-    def _remove_semaphore(self, kind, lock_file, semaphore=None, wait=False):
+    def _remove_lock(self, kind, lock_file, wait=False):
         """Remove kind's Qt lock, under our turn, only while we hold it, then give it back:
         whoever has it open goes on, and nobody inside finds it gone. (A death between
         sem_unlink and sem_post leaves a removed lock taken: see the README.)"""
-        try:
-            semaphore = self._semaphore = semaphore or kind.semaphore(create=False)
-        except OSError:
-            return
-        notice = waiting_notice(f"Qt's lock on {kind.label}, to remove it", semaphore.holder)
+        if kind is not self._lock:
+            try:
+                self._lock = self._opened_lock(kind, create=False)
+            except OSError:
+                return
+        notice = waiting_notice(f"Qt's lock on {kind.label}, to remove it", kind.holder)
         why = "is held by another process"
         try:
             try:
@@ -1311,14 +1239,14 @@ class QSharedMemory:
                 inside, why = False, f"cannot be taken ({one_line(error)})"
             if inside:
                 with signals_held():
-                    semaphore.remove()
-                    if semaphore.ident:
+                    kind.remove_lock()
+                    if kind.ident:
                         lock_file.write(RECORD, "")
-                    semaphore.give()
+                    kind.give()
                 self._held = False
             else:
-                warn(f"Qt's lock on {kind.label} {why}; leaving it in place (the next "
+                warn(f"leaving Qt's lock on {kind.label} in place: it {why} (the next "
                      "load_shared.py removes it)")
         finally:
-            semaphore.close()
-            self._semaphore = None
+            kind.close_lock()
+            self._lock = None

@@ -18,7 +18,8 @@ EXIT_STATUS = """exit status:
   0  shown
   1  nothing to show (nothing loaded, a loader died while writing, another user's segment,
      corrupt segment, not enough memory...), or the text could not be written out
-  2  bad usage"""
+  2  bad usage
+  130  stopped (Ctrl-C, SIGTERM or SIGHUP)"""
 
 
 class Failure(Exception):
@@ -241,4 +242,7 @@ def command_line():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # stopped before it began: nothing to release
+        sys.exit(130)
