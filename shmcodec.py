@@ -12,16 +12,15 @@ exclude each other (its steps: QSharedMemory.lock). Extras, named as ours, add w
 lacks: own(), load(), lastLoader(), recover(). Below them, one backend per kind of key.
 """
 import argparse
+import collections
 import contextlib
 import ctypes
-import dataclasses
 import enum
 import errno
 import fcntl
 import hashlib
 import mmap
 import os
-import secrets
 import signal
 import stat
 import struct
@@ -350,13 +349,9 @@ def lock_path(key, create=False):
                         f"qshm-{hashlib.sha1(key.encode()).hexdigest()}.sha1")
 
 
-@dataclasses.dataclass
-class Loader:
-    """The last load_shared.py under a key, as its logbook and its OWNER lock tell."""
-    pid: int
-    alive: bool
-    writing: bool  # it died while its segment may hold half a text (System V)
-    kind: str  # "posix" or "sysv"
+# The last load_shared.py under a key, as its logbook and its OWNER lock tell: writing, it
+# died while its segment may hold half a text (System V); kind, "posix" or "sysv".
+Loader = collections.namedtuple("Loader", "pid alive writing kind")
 
 
 # --- The C library ---------------------------------------------------------------------------
@@ -367,8 +362,9 @@ libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
 libc.shmdt.argtypes = libc.sem_post.argtypes = libc.sem_trywait.argtypes = [ctypes.c_void_p]
 libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
 libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 IPC_CREAT, IPC_EXCL, IPC_NOWAIT, IPC_RMID, IPC_STAT = 0o1000, 0o2000, 0o4000, 0, 2
-SETVAL, GETPID, GETVAL, SEM_UNDO, SHM_RDONLY = 16, 11, 12, 0x1000, 0o10000
+SETVAL, GETPID, GETVAL, SEM_UNDO, SHM_RDONLY, MADV_POPULATE_READ = 16, 11, 12, 0x1000, 0o10000, 22
 
 
 class ShmidDs(ctypes.Structure):
@@ -445,7 +441,7 @@ class Posix:
         """shm_open(O_CREAT|O_EXCL, 0600), ftruncate, mmap; beside: under a name of its own,
         out of readers' sight until put_in_place() (on a clash, another)."""
         while True:
-            name = self.beside + secrets.token_hex(8) if beside else self.key
+            name = self.beside + os.urandom(8).hex() if beside else self.key
             try:
                 fd = _posixshmem.shm_open("/" + name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
                 break
@@ -639,7 +635,10 @@ class SystemV:
         address = libc.shmat(shmid, None, 0 if writable else SHM_RDONLY)
         if address == ctypes.c_void_p(-1).value:
             c_call(-1, f"shmat {shmid}")
-        view = memoryview((ctypes.c_ubyte * shm_status(shmid).segsz).from_address(address))
+        size = shm_status(shmid).segsz
+        if not writable:  # System V maps a page a fault; all at once reads twice as fast
+            libc.madvise(address, size, MADV_POPULATE_READ)  # (Linux 5.14+; else ignored)
+        view = memoryview((ctypes.c_ubyte * size).from_address(address))
         return Mapping(view.cast("B") if writable else view.cast("B").toreadonly(),
                        lambda: libc.shmdt(ctypes.c_void_p(address)), shmid)
 
@@ -795,10 +794,8 @@ class KeyFile:
 
 # --- QSharedMemory ---------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class QNativeIpcKey:
+class QNativeIpcKey(collections.namedtuple("QNativeIpcKey", "name")):
     """A native key, as QSharedMemory.platformSafeKey() returns it: "/KEY", POSIX."""
-    name: str
 
     def nativeKey(self):
         return self.name

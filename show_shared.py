@@ -124,10 +124,11 @@ def read_text(memory, data):
 def write_out(text):
     """Every byte of text and a newline to stdout, or Failure: a short write (after a stop
     and continue on a full pipe) is followed by the rest. Lone surrogates are escaped."""
-    data = memoryview((text + "\n").encode(sys.stdout.encoding or "utf-8", "backslashreplace"))
+    data = text.encode(sys.stdout.encoding or "utf-8", "backslashreplace")
     try:
-        while data:
-            data = data[os.write(sys.stdout.fileno(), data):]
+        for part in (memoryview(data), memoryview(b"\n")):  # no copy of text + "\n"
+            while part:
+                part = part[os.write(sys.stdout.fileno(), part):]
     except OSError as error:
         raise Failure(f"cannot write the text out: {error.strerror}") from None
 

@@ -1556,6 +1556,33 @@ class LockProtocolTest(ProcessTestCase):
         self.stop(self.start_loader("next"))  # the next removes the Qt lock that it left
         self.assert_nothing_left()
 
+    def test_few_file_descriptors_never_leave_a_lock_taken(self):
+        # Nothing that a wait needs may fail once the lock is taken: under a small limit of
+        # open files, a viewer or a loader works, or fails in one line; never inside.
+        for limit in range(5, 12):
+            def set_limit(limit=limit):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+            with self.subTest(limit=limit), self.one_at_a_time():
+                status, out, err = self.finish(self.start(script=VIEWER, preexec_fn=set_limit))
+                if status:
+                    self.assert_failed(status, out, err)
+                else:
+                    self.assertEqual((out, err), (b"first\n", ""))
+                self.assertEqual(self.semaphore_value(), 1)
+        self.stop(self.loader)
+        for limit in range(5, 12):
+            def set_limit(limit=limit):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+            with self.subTest(loader_limit=limit):
+                loader = self.start(stdin=subprocess.PIPE, preexec_fn=set_limit)
+                out, err = loader.communicate(b"text\n", timeout=TIMEOUT)
+                self.assertNotIn("Traceback", err.decode())
+                self.assertIn(loader.returncode, (0, 1), err)
+                self.assertFalse(os.path.exists(f"/dev/shm/sem.{self.key}") and
+                                 self.semaphore_value() != 1, "Qt's lock left taken")
+                self.stop(self.start_loader("again"))  # clears whatever a failure left
+                self.assert_nothing_left()
+
     def test_a_system_v_lock_is_given_back_by_the_kernel(self):
         self.stop(self.loader)
         self.start_marked_loader("--sysv")
