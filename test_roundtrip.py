@@ -979,7 +979,7 @@ class FaultTest(ProcessTestCase):
                 viewer.send_signal(signal.SIGINT)
                 status, out, err = self.finish(loader)
                 self.assert_no_traceback_of_ours(err)
-                if not err.endswith("KeyboardInterrupt\n"):  # see assert_no_traceback_of_ours
+                if "KeyboardInterrupt" not in err:  # else Python's own, as it starts up
                     self.assertIn(status, (0, 1, 130, -signum))  # 130 or -signum: before
                     if status == 1:  # stopped with a text not loaded yet
                         self.assert_one_line(err, "stopped before the text was loaded")
@@ -3306,8 +3306,8 @@ class Qt6Test(QtPeerTests, ProcessTestCase):
         def start(kind):
             left = str(seconds - (time.monotonic() - started))
             if kind == "viewer":
-                party = self.start_forced(MARKED_INSIDE, VIEWER, env=dict(
-                    marked, SLEEP_INSIDE="0.2"), stdout=subprocess.DEVNULL)
+                party = self.start_forced(MARKED_INSIDE, VIEWER, env=dict(  # a kill when it
+                    marked, SLEEP_INSIDE="1"), stdout=subprocess.DEVNULL)  # says so: inside
                 parties[party] = kind, party.stderr
             else:
                 party = self.qt("safe", "soak", left, marker, *(["two-threads"] if
