@@ -924,7 +924,10 @@ class QSharedMemory:
                     notice()
                 tell("lock(), Qt's half", f"{self._lock.calls[0]}: {self._kind.label}")
         except BaseException as error:
-            lock_file.unlock(TURN)
+            if self._held:  # in, and told to stop at once: out again, in order
+                self.unlock()
+            else:
+                lock_file.unlock(TURN)
             if isinstance(error, OSError):
                 return self._fail(error, code=self.SharedMemoryError.LockError)
             raise
@@ -1101,6 +1104,7 @@ class QSharedMemory:
         """Steps 2 (for up to seconds) and 3 of lock(), holding our turn: True if in."""
         qt_lock = self._lock
         if self._take_place_of_dead(lock_file):
+            self._held = True
             return True
         with signals_held():  # we hold it, alive, until the record names us
             if not qt_lock.take(seconds):
@@ -1112,6 +1116,7 @@ class QSharedMemory:
                 qt_lock.give()
                 raise OSError(error.errno, f"cannot write our record in {lock_file.path}: "
                               f"{error.strerror}; Qt's lock was given back") from None
+            self._held = True  # before signals come again: a stop now gives it back in order
         return True
 
     def _take_place_of_dead(self, lock_file):
