@@ -567,8 +567,18 @@ class Posix:
 
     def remove_lock(self):
         """sem_unlink: called only by its maker, while it holds it."""
-        libc.sem_unlink(self.name.encode())
-        tell("Qt's lock", f"sem_unlink, while we hold it: {self.name}")
+        if self.current():
+            libc.sem_unlink(self.name.encode())
+            tell("Qt's lock", f"sem_unlink, while we hold it: {self.name}")
+
+    def current(self):
+        """Whether /KEY still names the semaphore we have open (a Qt program's create()
+        unlinks it and makes a fresh one, which is not ours to remove)."""
+        with contextlib.suppress(OSError):
+            info = os.stat(f"/dev/shm/sem.{self.key}")
+            device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}"
+            return self.ident in (None, f"{device} {info.st_ino}")
+        return False
 
     def close_lock(self):
         libc.sem_close(ctypes.c_void_p(self.handle))
@@ -1122,11 +1132,12 @@ class QSharedMemory:
     def _take_place_of_dead(self, lock_file):
         """A RECORD found by whoever holds our turn was left by a process of ours that died
         inside. If it names this semaphore, still taken, put ourselves in its place (one
-        write); else it is stale (a Qt program's create() made a fresh one): clear it."""
+        write). A record of another semaphore (a Qt program's create() made a fresh one)
+        is not about ours."""
         record, qt_lock = lock_file.read(RECORD), self._lock
-        if not record:
-            return False
-        if qt_lock.ident and " ".join(record[2:4]) == qt_lock.ident and qt_lock.taken():
+        if not record or " ".join(record[2:4]) != qt_lock.ident:
+            return False  # none, or another semaphore's: left to whoever has that one open
+        if qt_lock.taken():
             lock_file.write(RECORD, f"{os.getpid()} inside {qt_lock.ident} {PROGRAM}")
             warn(f"Qt's lock on {self._kind.label} was left taken by {' '.join(record[4:])} "
                  f"(pid {record[0]}), a process of ours that died inside it; taking its place")
@@ -1229,6 +1240,10 @@ class QSharedMemory:
                 self._lock = self._opened_lock(kind, create=False)
             except OSError:
                 return
+        if isinstance(kind, Posix) and not kind.current():  # nobody new can open it
+            kind.close_lock()
+            self._lock = None
+            return
         notice = waiting_notice(f"Qt's lock on {kind.label}, to remove it", kind.holder)
         why = "is held by another process"
         try:
