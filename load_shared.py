@@ -1,13 +1,8 @@
 #!/usr/bin/env python3
-"""SharedMemoryLoad in Python: load a text into shared memory under KEY, in the bytes that
-Qt's QDataStream writes, for show_shared.py (or a Qt program) to read.
-
-With no TEXT, each line typed replaces the last, as clicking Load again does; Ctrl-D or
-Ctrl-C quits. TEXT, or - for all of standard input (less one final newline), is held
-until Ctrl-C, SIGTERM or SIGHUP. The loader owns its segment: when it quits, it removes
-the segment and Qt's lock.
-"""
+"""SharedMemoryLoad in Python: load TEXT (or each line typed) into shared memory under KEY,
+in the bytes that Qt's QDataStream writes, for show_shared.py (or a Qt program) to read."""
 import argparse
+import contextlib
 import os
 import select
 import sys
@@ -30,44 +25,43 @@ def main():
     memory = QSharedMemory(args.key if args.sysv else QSharedMemory.platformSafeKey(args.key))
     label = f"{args.key} (System V)" if args.sysv else f"/{args.key}"
     shmcodec.stop_like_ctrl_c()
-    missed = False
-    pending = None if args.text is None else "the text was not loaded"  # lost by a stop now
+    missed, pending = False, args.text is not None  # pending: a stop now loses the text
     try:
         if args.text == "-" and "--" not in sys.argv[1:]:  # before we own anything
-            args.text = read_stdin()
+            data = open(0, "rb", closefd=False).read()  # fd 0: sys.stdin may be None
+            args.text = str(memoryview(data)[:len(data) - data.endswith(b"\n")], "utf-8")
         shmcodec.fill_standard_fds()
         if not memory.own(args.replace):  # ours: one loader per key
             warn(memory.errorString())
             return 1
-        for text in texts(args, memory, label):
-            pending = "the text was not loaded"
+        for text in typed_lines(memory, label) if args.text is None else [args.text]:
+            pending = True
             try:  # QDataStream out; out << text: a count, then the code units
                 parts = qstring_parts(text if isinstance(text, str) else text.decode())
             except MemoryError:
                 why = "not enough memory for the text"
             except UnicodeDecodeError as error:
                 why = f"the text is not valid UTF-8 (byte {error.start})"
-            else:
-                # sharedMem.create(size), lock(), memcpy(data(), ...), unlock(): in one
-                # call, which makes the new segment beside the old one, kept if it fails.
+            else:  # create(size), lock(), memcpy(), unlock(): one call, made beside the old text
                 if memory.load(*parts):
-                    pending = None  # before we say so: a stop right after costs nothing
-                    report(f"Loaded {sum(map(len, parts))} bytes into {label}")
+                    pending = False  # before we say so: a stop right after costs nothing
+                    with contextlib.suppress(OSError):  # nobody may read our stdout any more
+                        os.write(1, f"Loaded {sum(map(len, parts))} bytes into {label}\n".encode())
                     continue
                 why = memory.errorString()
             if not memory.isAttached():  # no old text to keep: we fail
                 warn(why)
                 return 1
             warn(f"that line was not loaded: {why}; the old text stays")
-            pending, missed = None, True
+            pending, missed = False, True
         if args.text is not None:
             print(f"holding {label} until Ctrl-C, SIGTERM or SIGHUP", file=sys.stderr)
-            while True:
-                idle(memory, [])
+            while not select.select([], [], [], 1)[0]:  # for ever: idle, as between lines
+                memory.recover()
     except KeyboardInterrupt:
         memory.detach(wait=False)  # told to stop: wait for nobody
         if pending:
-            warn(f"stopped before the text was loaded under key {args.key!r}; {pending}")
+            warn(f"stopped before the text was loaded under key {args.key!r}")
             return 1
     except OSError as error:  # standard input, say
         warn(shmcodec.one_line(error))
@@ -80,63 +74,24 @@ def main():
     return 1 if missed else 0
 
 
-def read_stdin():
-    """All of standard input as text, less one final newline."""
-    with open(0, "rb", closefd=False) as stdin:  # fd 0: works even with no sys.stdin
-        data = stdin.read()
-    return str(memoryview(data)[:len(data) - data.endswith(b"\n")], "utf-8")  # no copy
-
-
-def texts(args, memory, label):
-    """The texts to load: TEXT (or standard input's), or each line typed."""
-    if args.text is not None:
-        yield args.text
-    else:
-        yield from typed_lines(memory, label)
-
-
 def typed_lines(memory, label):
-    """Each line read from standard input, as bytes, until its end. Lines are looked for
-    in the new bytes only: linear in a long line."""
-    interactive, unfinished = os.isatty(0), bytearray()
-    while True:
+    interactive, unfinished, chunk = os.isatty(0), bytearray(), None
+    while chunk != b"":  # b"": the end of input
         if interactive:
             print(f"Text for {label} (Ctrl-D quits): ", end="", file=sys.stderr, flush=True)
-        while not idle(memory, [0]):
-            pass
-        chunk = os.read(0, 1 << 20)
-        unfinished += chunk
-        if b"\n" in chunk or not chunk and unfinished:
-            *lines, rest = unfinished.split(b"\n") if chunk else (unfinished, b"")
-            unfinished = bytearray(rest)
+        while not select.select([0], [], [], 1)[0]:  # idle: if one of ours died inside Qt's
+            memory.recover()  # lock, give it back, so that a Qt program waiting goes on
+        unfinished += (chunk := os.read(0, 1 << 20))
+        if b"\n" in chunk:  # only the new bytes are searched: linear in a long line
+            *lines, unfinished = unfinished.split(b"\n")
             yield from lines  # as bytes: decoded where a failure can be told
-        if not chunk:
-            if interactive:
-                print(file=sys.stderr)
-            return
-
-
-def idle(memory, inputs):
-    """Wait up to a second for inputs (True when one is ready). Meanwhile, give Qt's lock
-    back if a process of ours died inside it, so that a Qt program waiting goes on."""
-    if select.select(inputs, [], [], 1)[0]:
-        return True
-    memory.recover()
-    return False
-
-
-def report(line):
-    """A result line on stdout, at once, for a script that waits for it."""
-    try:
-        print(line, flush=True)
-    except OSError:  # nobody reads our stdout any more: keep serving the text
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    print(end="\n" if interactive else "", file=sys.stderr)
+    yield from [unfinished] if unfinished else []  # a last line without its newline
 
 
 def command_line():
-    parser = shmcodec.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=EXIT_STATUS,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = shmcodec.ArgumentParser(description=__doc__, epilog=EXIT_STATUS,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("text", nargs="?", metavar="TEXT | -", help="the text to load "
                         "(- for standard input; -- - for the text '-')")
     parser.add_argument("--key", default="MySharedMemory", help="the segment's key "
@@ -152,10 +107,8 @@ def command_line():
     args = parser.parse_args()
     shmcodec.verbose = args.verbose
     problem = shmcodec.key_problem(args.key, system_v=args.sysv)
-    if problem:
-        parser.error(problem)
-    if args.text and any("\ud800" <= char <= "\udfff" for char in args.text):
-        parser.error("TEXT is not valid UTF-8")
+    if problem or args.text and any("\ud800" <= char <= "\udfff" for char in args.text):
+        parser.error(problem or "TEXT is not valid UTF-8")
     return args
 
 

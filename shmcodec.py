@@ -8,8 +8,8 @@ QSharedMemory, with Qt's names, on which the article's calls run line for line:
 
 QSharedMemory.platformSafeKey("MySharedMemory") is the POSIX segment /MySharedMemory, as in
 Qt 6. lock() takes our fcntl lock, then Qt's own semaphore, so that a Qt program and ours
-exclude each other (its steps: QSharedMemory.lock). Extras, named as ours, add what Qt
-lacks: own(), load(), lastLoader(), recover(). Below them, one backend per kind of key.
+exclude each other. Extras, named as ours, add what Qt lacks: own(), load(), lastLoader(),
+recover(). Below them, one backend per kind of key. Linux only.
 """
 import argparse
 import collections
@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import mmap
 import os
+import pwd
 import signal
 import stat
 import struct
@@ -99,14 +100,13 @@ def qstring_header(data, whole=False):
 
 # --- Keys, and telling -----------------------------------------------------------------------
 
-# A POSIX segment's name is one file name: 255 bytes on Linux, 30 (+ "/") on macOS, and
-# Qt's semaphore for it is the file "sem.KEY" in /dev/shm on Linux, so 251 there.
-MAX_KEY_BYTES = 30 if sys.platform == "darwin" else 251
-# Qt's System V key file is "qipc_sharedmemory_", the key's letters and a 40-digit sha1.
-MAX_SYSTEM_V_LETTERS = 255 - len("qipc_sharedmemory_") - 40
-SYSTEM_V_HERE = sys.platform.startswith("linux") and sys.maxsize > 2 ** 32  # 64-bit Linux
-RENAME_HERE = sys.platform.startswith("linux")  # a POSIX segment is a file of /dev/shm
+# A POSIX segment's name is one file name, 255 bytes, and Qt's semaphore for it is the file
+# "sem.KEY" in /dev/shm: so 251. Qt's System V key file is "qipc_sharedmemory_", the key's
+# letters and a 40-digit sha1.
+MAX_KEY_BYTES, MAX_SYSTEM_V_LETTERS = 251, 255 - len("qipc_sharedmemory_") - 40
+SYSTEM_V_HERE = sys.maxsize > 2 ** 32  # struct shmid_ds below is 64-bit Linux's
 PROGRAM = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python3"
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 verbose = False  # set by --verbose: tell() then says each step as it happens
 
 
@@ -166,7 +166,6 @@ def process_name(pid):
 
 
 def user_name(uid):
-    import pwd  # only another user's object needs it
     with contextlib.suppress(KeyError):
         return pwd.getpwuid(uid).pw_name
     return str(uid)
@@ -183,15 +182,14 @@ def waiting_notice(what, whom):
     return notice
 
 
-class signals_held:
-    """Hold stop signals off for a step that must not be cut in half (two system calls)."""
-
-    def __enter__(self):
-        self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, {
-            signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
-
-    def __exit__(self, *exception):
-        signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
+@contextlib.contextmanager
+def signals_held():
+    """Stop signals held off for a step that must not be cut in half (two system calls)."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -255,9 +253,9 @@ class LockFile:
         try:  # O_NOFOLLOW: never a symlink; O_NONBLOCK: a FIFO planted there must not hang us
             self.fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK |
                               (os.O_CREAT if create else 0), 0o600)
-        except FileNotFoundError:
-            raise
         except OSError as error:
+            if isinstance(error, FileNotFoundError):
+                raise
             raise PermissionError(errno.EPERM, f"lock file {path} is a symlink; refusing to "
                                   "follow it" if os.path.islink(path) else
                                   f"cannot open lock file {path}: {error.strerror}") from None
@@ -359,7 +357,7 @@ Loader = collections.namedtuple("Loader", "pid alive writing kind")
 libc = ctypes.CDLL(None, use_errno=True)
 libc.shmat.restype = libc.sem_open.restype = ctypes.c_void_p
 libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
-libc.shmdt.argtypes = libc.sem_post.argtypes = libc.sem_trywait.argtypes = [ctypes.c_void_p]
+libc.shmdt.argtypes = libc.sem_post.argtypes = libc.sem_close.argtypes = [ctypes.c_void_p]
 libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
 libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
 libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -369,20 +367,20 @@ SETVAL, GETPID, GETVAL, SEM_UNDO, SHM_RDONLY, MADV_POPULATE_READ = 16, 11, 12, 0
 
 class ShmidDs(ctypes.Structure):
     """struct shmid_ds as 64-bit Linux lays it out (x86-64 and aarch64 alike)."""
-    _fields_ = [("ipc_key", ctypes.c_int32), ("uid", ctypes.c_uint32),
-                ("gid", ctypes.c_uint32), ("cuid", ctypes.c_uint32), ("cgid", ctypes.c_uint32),
-                ("mode", ctypes.c_uint32), ("perm_rest", ctypes.c_byte * 24),
-                ("segsz", ctypes.c_size_t), ("times", ctypes.c_int64 * 3),
-                ("cpid", ctypes.c_int32), ("lpid", ctypes.c_int32), ("nattch", ctypes.c_uint64),
-                ("reserved", ctypes.c_uint64 * 2)]
+    _fields_ = [("ipc_key", ctypes.c_int32), ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32),
+                ("cuid", ctypes.c_uint32), ("cgid", ctypes.c_uint32), ("mode", ctypes.c_uint32),
+                ("perm_rest", ctypes.c_byte * 24), ("segsz", ctypes.c_size_t),
+                ("times", ctypes.c_int64 * 3), ("cpid", ctypes.c_int32), ("lpid", ctypes.c_int32),
+                ("nattch", ctypes.c_uint64), ("reserved", ctypes.c_uint64 * 2)]
 
 
 class Sembuf(ctypes.Structure):
     _fields_ = [("num", ctypes.c_ushort), ("op", ctypes.c_short), ("flags", ctypes.c_short)]
 
 
-class Timespec(ctypes.Structure):
-    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+def timespec(seconds):
+    """A struct timespec, as sem_timedwait and semtimedop take it."""
+    return (ctypes.c_long * 2)(int(seconds), int(seconds % 1 * 1e9))
 
 
 def c_call(result, what):
@@ -397,10 +395,6 @@ def shm_status(shmid):
     status = ShmidDs()
     c_call(libc.shmctl(shmid, IPC_STAT, ctypes.byref(status)), f"shmid {shmid}")
     return status
-
-
-def timespec(seconds):
-    return Timespec(int(seconds), int(seconds % 1 * 1e9))
 
 
 # --- One backend per kind of key: its segment, and its kind of Qt's lock -------------------------
@@ -420,8 +414,8 @@ class Mapping:
 
 
 class Posix:
-    """The POSIX segment /KEY (the file /dev/shm/KEY on Linux), and Qt's lock for it, the
-    POSIX named semaphore /KEY (/dev/shm/sem.KEY): Qt 6's platformSafeKey("KEY").
+    """The POSIX segment /KEY (the file /dev/shm/KEY), and Qt's lock for it, the POSIX named
+    semaphore /KEY (/dev/shm/sem.KEY): Qt 6's platformSafeKey("KEY").
 
     Made and mapped with _posixshmem, the C half of multiprocessing's SharedMemory, which
     cannot do it here: it cannot map read-only; a reader's failed mmap unlinks the segment
@@ -450,8 +444,7 @@ class Posix:
                     raise
         try:
             os.ftruncate(fd, size)
-            if hasattr(os, "posix_fallocate"):  # pages now: a full /dev/shm is ENOSPC, no SIGBUS
-                os.posix_fallocate(fd, 0, size)
+            os.posix_fallocate(fd, 0, size)  # the pages now: a full /dev/shm is ENOSPC, no SIGBUS
             memory = mmap.mmap(fd, size)
         except BaseException:
             _posixshmem.shm_unlink("/" + name)
@@ -503,13 +496,13 @@ class Posix:
 
     def clear_unfinished(self):
         """Remove what a dead loader of ours was making beside the old text."""
-        for name in os.listdir("/dev/shm") if RENAME_HERE else ():
+        for name in os.listdir("/dev/shm"):
             if name.startswith(self.beside) and \
                     os.lstat(f"/dev/shm/{name}").st_uid == os.geteuid():
                 os.unlink(f"/dev/shm/{name}")
 
     def users(self):
-        """None if there is no segment under the key; else how many map it, -1: unknown."""
+        """None if there is no segment under the key; else -1: how many map it is unknown."""
         try:
             os.close(_posixshmem.shm_open(self.name, os.O_RDONLY | os.O_NONBLOCK, 0))
         except FileNotFoundError:
@@ -537,23 +530,18 @@ class Posix:
                              f"semaphore {self.name}")
         self.ident = mapped_file(self.handle)
         tell("Qt's lock", f"sem_open{'(O_CREAT)' if create else ''}: {self.name}")
+        return self
 
     def take(self, seconds):
-        """sem_timedwait for up to seconds (macOS: sem_trywait now and then): True if ours."""
-        deadline = time.time() + seconds
-        while not hasattr(libc, "sem_timedwait") and libc.sem_trywait(self.handle):
-            if time.time() >= deadline:
-                return False
-            time.sleep(0.01)
-        if not hasattr(libc, "sem_timedwait") or libc.sem_timedwait(
-                ctypes.c_void_p(self.handle), ctypes.byref(timespec(deadline))) == 0:
+        """sem_timedwait for up to seconds: True if we have it now."""
+        if libc.sem_timedwait(ctypes.c_void_p(self.handle), timespec(time.time() + seconds)) == 0:
             return True
         if ctypes.get_errno() not in (errno.ETIMEDOUT, errno.EINTR):
             c_call(-1, f"semaphore {self.name}")
         return False
 
     def give(self):
-        c_call(libc.sem_post(ctypes.c_void_p(self.handle)), f"semaphore {self.name}")
+        c_call(libc.sem_post(self.handle), f"semaphore {self.name}")
 
     def taken(self):
         value = ctypes.c_int()
@@ -565,28 +553,28 @@ class Posix:
                 "tell; if it died inside lock(), quit every program that uses the key, "
                 f"then: rm /dev/shm/sem.{self.key}")
 
-    def remove_lock(self):
-        """sem_unlink: called only by its maker, while it holds it."""
-        if self.current():
-            libc.sem_unlink(self.name.encode())
-            tell("Qt's lock", f"sem_unlink, while we hold it: {self.name}")
-
     def current(self):
-        """Whether /KEY still names the semaphore we have open (a Qt program's create()
-        unlinks it and makes a fresh one, which is not ours to remove)."""
+        """Whether /KEY still names the semaphore we have open: a Qt program's create()
+        unlinks it and makes a fresh one, which is not ours to remove or to give back."""
         with contextlib.suppress(OSError):
             info = os.stat(f"/dev/shm/sem.{self.key}")
             device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}"
             return self.ident in (None, f"{device} {info.st_ino}")
         return False
 
+    def remove_lock(self):
+        """sem_unlink: called only by its maker, while it holds it."""
+        if self.current():
+            libc.sem_unlink(self.name.encode())
+            tell("Qt's lock", f"sem_unlink, while we hold it: {self.name}")
+
     def close_lock(self):
-        libc.sem_close(ctypes.c_void_p(self.handle))
+        libc.sem_close(self.handle)
 
 
 def mapped_file(address):
-    """"DEV INO" of the file mapped at address, as /proc/self/maps tells (Linux): which
-    semaphore we have open, whatever name it has now; else None."""
+    """"DEV INO" of the file mapped at address, as /proc/self/maps tells: which semaphore we
+    have open, whatever name it has now; else None."""
     with contextlib.suppress(OSError), open("/proc/self/maps") as maps:
         for line in maps:
             span, _, _, device, inode = line.split()[:5]
@@ -648,9 +636,9 @@ class SystemV:
         size = shm_status(shmid).segsz
         if not writable:  # System V maps a page a fault; all at once reads twice as fast
             libc.madvise(address, size, MADV_POPULATE_READ)  # (Linux 5.14+; else ignored)
-        view = memoryview((ctypes.c_ubyte * size).from_address(address))
-        return Mapping(view.cast("B") if writable else view.cast("B").toreadonly(),
-                       lambda: libc.shmdt(ctypes.c_void_p(address)), shmid)
+        view = memoryview((ctypes.c_ubyte * size).from_address(address)).cast("B")
+        return Mapping(view if writable else view.toreadonly(),
+                       lambda: libc.shmdt(address), shmid)
 
     def remove(self, mapping=None):
         """IPC_RMID, and Qt's key file, as Qt's last detach() does. The key is free at once;
@@ -689,8 +677,7 @@ class SystemV:
                 columns = listing.readline().split()
                 for row in (dict(zip(columns, line.split())) for line in listing):
                     if int(row["key"]) == key:
-                        removal = f"ipcrm -m {row['shmid']}" if table == "shm" else \
-                            f"ipcrm -s {row['semid']}"
+                        removal = f"ipcrm -{'m' if table == 'shm' else 's'} {row[table + 'id']}"
                         found.append((what, int(row["uid"]), removal, " and nobody is attached "
                                       "to it (its loader is gone)" if row.get("nattch") == "0"
                                       else ""))
@@ -711,22 +698,24 @@ class SystemV:
                 if self.semid == -1 and ctypes.get_errno() == errno.ENOENT:
                     continue
             c_call(self.semid, f"semaphore {self.lock_key_file.path}")
-            return tell("Qt's lock", f"semget: semid {self.semid}")
+            tell("Qt's lock", f"semget: semid {self.semid}")
+            return self
 
     def change(self, delta, seconds):
-        if self.semid is None:  # gone, with its maker
+        """semop(delta, SEM_UNDO), waiting up to seconds: True if done, or if the set is
+        gone with its maker (a Qt program that quit); a loader then makes it afresh."""
+        if self.semid is None:
             return True
         operation = Sembuf(0, delta, SEM_UNDO | (0 if seconds else IPC_NOWAIT))
-        if libc.semtimedop(self.semid, ctypes.byref(operation), 1,
-                           ctypes.byref(timespec(seconds))) == 0:
+        if libc.semtimedop(self.semid, ctypes.byref(operation), 1, timespec(seconds)) == 0:
             return True
         code = ctypes.get_errno()
-        if code in (errno.EIDRM, errno.EINVAL) and delta > 0:
-            return True  # its maker removed it meanwhile: nothing to give back
-        if code in (errno.EIDRM, errno.EINVAL):  # its maker (a Qt program) quit: the loader
-            try:  # makes it afresh, as Qt does; a reader goes on without it
+        if code in (errno.EIDRM, errno.EINVAL):
+            if delta > 0:
+                return True  # nothing to give back
+            try:
                 self.open_lock(self.create)
-            except FileNotFoundError:
+            except FileNotFoundError:  # a reader goes on without it
                 self.semid = None
                 return True
         elif code not in (errno.EAGAIN, errno.EINTR):
@@ -745,6 +734,9 @@ class SystemV:
     def holder(self):  # GETPID: the last to change it, which is who holds it
         return "held by " + (process_name(libc.semctl(self.semid, 0, GETPID, ctypes.c_int(0)))
                              if self.semid is not None else "nobody now")
+
+    def current(self):
+        return True  # a set is used by its id
 
     def remove_lock(self):
         if self.semid is not None:
@@ -824,11 +816,10 @@ class QSharedMemory:
                                      "KeyError AlreadyExists NotFound LockError OutOfResources "
                                      "UnknownError", start=0)
     ReadOnly, ReadWrite = AccessMode.ReadOnly, AccessMode.ReadWrite
-    ERRORS = {errno.EEXIST: SharedMemoryError.AlreadyExists, errno.ENOENT:
-              SharedMemoryError.NotFound, errno.EACCES: SharedMemoryError.PermissionDenied,
-              errno.EPERM: SharedMemoryError.PermissionDenied, errno.EINVAL:
-              SharedMemoryError.InvalidSize, **dict.fromkeys(
-                  (errno.ENOMEM, errno.ENOSPC, errno.EFBIG), SharedMemoryError.OutOfResources)}
+    ERRORS = {errno.EEXIST: "AlreadyExists", errno.ENOENT: "NotFound", errno.EACCES:
+              "PermissionDenied", errno.EPERM: "PermissionDenied", errno.EINVAL: "InvalidSize",
+              errno.ENOMEM: "OutOfResources", errno.ENOSPC: "OutOfResources",
+              errno.EFBIG: "OutOfResources"}
 
     def __init__(self, key="", parent=None):
         self._mapping = self._lock = self._lock_file = None
@@ -919,7 +910,7 @@ class QSharedMemory:
         if self._held or not self._usable():
             return self._held
         try:  # no Qt lock, and no lock file: no program of ours nor Qt's takes a lock here
-            self._lock = self._lock or self._opened_lock(self._kind, self._owner or self._made)
+            self._lock = self._lock or self._kind.open_lock(self._owner or self._made)
             lock_file = self._lock_file = LockFile.of(self._key, create=bool(self._lock))
             lock_file.lock(TURN)
             tell("lock(), our half", f"fcntl: lock byte {TURN} of {lock_file.path}")
@@ -1016,37 +1007,28 @@ class QSharedMemory:
         stays. Call own() first."""
         if not self.lock():
             return False
-        old, kind, size = self._mapping, self._kind, sum(map(len, chunks))
-        beside = isinstance(kind, Posix) and RENAME_HERE
+        old, kind, new, size = self._mapping, self._kind, None, sum(map(len, chunks))
+        beside = isinstance(kind, Posix)
         try:
             self._write_logbook("loaded" if beside else "writing")
             if old and not beside:
-                kind.remove(old)
-            try:
-                new = kind.make(size, beside)
-            except OSError as error:
-                self._fail(error, f"cannot make a {size}-byte segment {kind.label}: "
-                                  f"{error.strerror}")
-                if old and not beside:
-                    self._mapping = None
-                    try:
-                        self._mapping = self._put_back(old)
-                    except OSError as lost:
-                        self._error_string += f"; and the old text could not be put back: " \
-                                              f"{lost.strerror}"
-                self._write_logbook("loaded" if self._mapping else "")
-                return False
-            start = 0
+                kind.remove(old)  # a System V key names one segment: the old one goes first
+            new, start = kind.make(size, beside), 0
             for chunk in chunks:
                 new.buf[start:start + len(chunk)] = chunk
                 start += len(chunk)
             tell("memcpy(to, from, size)", f"{size} bytes into {kind.label}")
-            try:
-                kind.put_in_place(new, old)
-            except OSError as error:
+            kind.put_in_place(new, old)
+        except OSError as error:
+            self._fail(error, None if new else f"cannot make a {size}-byte segment "
+                                               f"{kind.label}: {error.strerror}")
+            if new:
                 new.close()
-                self._write_logbook("loaded" if old else "")
-                return self._fail(error)
+            if old and not beside:
+                self._put_back(old)
+            self._write_logbook("loaded" if self._mapping else "")
+            return False
+        else:
             if not beside:
                 self._write_logbook("loaded")
             if old:
@@ -1081,7 +1063,7 @@ class QSharedMemory:
         except OSError:
             return
         with contextlib.suppress(OSError):
-            self._lock = self._lock or self._opened_lock(self._kind, False)
+            self._lock = self._lock or self._kind.open_lock(False)
             self._held = self._take_place_of_dead(lock_file)
         if self._held:
             self.unlock()
@@ -1097,18 +1079,12 @@ class QSharedMemory:
     def _fail(self, error, why=None, code=None):
         """Set error() and errorString(), from an OSError or from a code and why: False."""
         if isinstance(error, OSError):
-            code = code or self.ERRORS.get(error.errno, self.SharedMemoryError.UnknownError)
+            code = code or self.SharedMemoryError[self.ERRORS.get(error.errno, "UnknownError")]
             if why is None and error.errno == errno.EEXIST and error.filename:
                 why = f"{self._kind.label} exists already (made by another program)"
             why = why or one_line(error)
         self._error, self._error_string = code or error, why
         return False
-
-    @staticmethod
-    def _opened_lock(kind, create):
-        """kind, with its Qt lock open (None: there is none, and no create)."""
-        kind.open_lock(create)
-        return kind
 
     def _enter(self, lock_file, seconds):
         """Steps 2 (for up to seconds) and 3 of lock(), holding our turn: True if in."""
@@ -1131,9 +1107,9 @@ class QSharedMemory:
 
     def _take_place_of_dead(self, lock_file):
         """A RECORD found by whoever holds our turn was left by a process of ours that died
-        inside. If it names this semaphore, still taken, put ourselves in its place (one
-        write). A record of another semaphore (a Qt program's create() made a fresh one)
-        is not about ours."""
+        inside. If it names this very semaphore, still taken, put ourselves in its place
+        (one write). A record of another semaphore (a Qt program's create() made a fresh
+        one) is not about ours."""
         record, qt_lock = lock_file.read(RECORD), self._lock
         if not record or " ".join(record[2:4]) != qt_lock.ident:
             return False  # none, or another semaphore's: left to whoever has that one open
@@ -1183,7 +1159,7 @@ class QSharedMemory:
             kind.remove()
         kind.clear_unfinished()
         self._write_logbook("")
-        self._lock = self._opened_lock(kind, create=True)
+        self._lock = kind.open_lock(True)
         if self._take_place_of_dead(lock_file):  # a dead one of ours inside: let Qt in
             with signals_held():
                 lock_file.write(RECORD, "")
@@ -1195,18 +1171,22 @@ class QSharedMemory:
         tell("logbook", line or "(empty)")
 
     def _put_back(self, old):
-        """System V: the old text, under the key again, from our mapping of it."""
+        """System V: the old text under the key again, from our mapping of it (copied out
+        first if there is no room for both); errorString() says if it could not be."""
+        self._mapping = None
         try:
-            segment = self._kind.make(old.size)
-        except OSError:  # no room beside it: copy it out, and let it go first
-            saved = bytes(old.buf)
+            try:
+                self._mapping = self._kind.make(old.size)
+            except OSError:  # no room beside it: copy it out, and let it go first
+                saved = bytes(old.buf)
+                old.close()
+                self._mapping = self._kind.make(len(saved))
+                self._mapping.buf[:] = saved
+                return
+            self._mapping.buf[:] = old.buf
             old.close()
-            segment = self._kind.make(len(saved))
-            segment.buf[:] = saved
-            return segment
-        segment.buf[:] = old.buf
-        old.close()
-        return segment
+        except OSError as lost:
+            self._error_string += f"; and the old text could not be put back: {lost.strerror}"
 
     def _remove_ours(self, mapping, wait):
         """The creator's or owner's end: the segment, the logbook, then Qt's lock. Without
@@ -1235,21 +1215,16 @@ class QSharedMemory:
         """Remove kind's Qt lock, under our turn, only while we hold it, then give it back:
         whoever has it open goes on, and nobody inside finds it gone. (A death between
         sem_unlink and sem_post leaves a removed lock taken: see the README.)"""
-        if kind is not self._lock:
-            try:
-                self._lock = self._opened_lock(kind, create=False)
-            except OSError:
-                return
-        if isinstance(kind, Posix) and not kind.current():  # nobody new can open it
-            kind.close_lock()
-            self._lock = None
+        try:
+            self._lock = kind if kind is self._lock else kind.open_lock(False)
+        except OSError:
             return
         notice = waiting_notice(f"Qt's lock on {kind.label}, to remove it", kind.holder)
         why = "is held by another process"
         try:
-            try:
-                inside = self._held or self._enter(lock_file, 0)
-                while wait and not inside:
+            try:  # one that /KEY no longer names (unlinked) nobody new can wait for
+                inside = self._held or kind.current() and self._enter(lock_file, 0)
+                while wait and not inside and kind.current():
                     notice()
                     inside = self._enter(lock_file, 0.2)
             except OSError as error:
@@ -1261,7 +1236,7 @@ class QSharedMemory:
                         lock_file.write(RECORD, "")
                     kind.give()
                 self._held = False
-            else:
+            elif kind.current():
                 warn(f"leaving Qt's lock on {kind.label} in place: it {why} (the next "
                      "load_shared.py removes it)")
         finally:

@@ -1,11 +1,6 @@
 #!/usr/bin/env python3
-"""ShowSharedMem in Python: print the text that load_shared.py (or a Qt program) holds
-under KEY, read as Qt's QDataStream reads it: from the POSIX segment /KEY (Qt 6's
-platformSafeKey("KEY")) if there is one, else from Qt's System V segment for KEY (the
-article's QSharedMemory("KEY")). It only reads, under Qt's lock and ours, and never removes
-a segment: its lifetime is the loader's.
-"""
-import argparse
+"""ShowSharedMem in Python: print the text under KEY as Qt's QDataStream reads it, from the
+POSIX segment /KEY, else from Qt's System V segment for KEY, under Qt's lock and ours."""
 import os
 import signal
 import sys
@@ -14,12 +9,10 @@ import time
 import shmcodec
 from shmcodec import QSharedMemory, QStringFormatError, decode_qstring, warn
 
-EXIT_STATUS = """exit status:
-  0  shown
-  1  nothing to show (nothing loaded, a loader died while writing, another user's segment,
-     corrupt segment, not enough memory...), or the text could not be written out
-  2  bad usage
-  130  stopped (Ctrl-C, SIGTERM or SIGHUP)"""
+EXIT_STATUS = """exit status: 0 shown; 1 nothing to show (nothing loaded, a loader died while
+writing, another user's segment, a corrupt segment, not enough memory...) or the text could
+not be written out; 2 bad usage; 130 stopped (Ctrl-C, SIGTERM or SIGHUP)"""
+ROW = 16  # bytes a --hex row: 8 UTF-16 code units
 
 
 class Failure(Exception):
@@ -39,33 +32,32 @@ def main():
         write_out(shown)
         if problem:
             raise Failure(problem)
-    except (Failure, OSError) as failure:
-        warn(shmcodec.one_line(failure))
+    except (Failure, OSError, MemoryError) as failure:  # a MemoryError has no message
+        warn(shmcodec.one_line(failure) or "not enough memory to decode the text")
         return 1
-    except MemoryError:
-        warn("not enough memory to decode the text")
-        return 1
-    except KeyboardInterrupt:
-        return 130
     return 0
 
 
 def read_under_lock(key, hex_rows):
-    """The article's slot: attach(), lock(), read, unlock(), detach(). Returns what to show,
-    what is wrong with it (--hex shows a corrupt segment too), and our loader, if any.
-    A segment of zeros is a Qt writer between its create() and its lock(): wait a second."""
+    """The article's slot, attach() to detach(): what to show, what is wrong, our loader."""
     for _ in range(10):
         memory = attach(key)  # if (!sharedMem.attach()) "Enter a text first"
         if not memory.lock():  # sharedMem.lock()
             memory.detach()
             raise Failure(memory.errorString())
+        label = memory.nativeKey() if memory.key() == "" else f"{key} (System V)"
         data = memory.constData()  # buffer.setData(sharedMem.constData(), sharedMem.size())
         try:
-            loader = last_loader(memory)
-            if hex_rows is not None:
-                return (*show_bytes(memory, data, loader, hex_rows), loader)
-            if loader or not is_unwritten(data):
-                return read_text(memory, data), None, loader  # in >> text
+            loader = last_loader(memory, label)
+            if hex_rows is not None:  # --hex shows a corrupt segment too
+                return (*show_bytes(label, data, hex_rows), loader)
+            # All zeros (no loader of ours leaves that): a Qt writer between create() and lock().
+            if loader or len(data) <= 4 or any(data[:4]) or bytes(data).count(0) < len(data):
+                text = decode_qstring(data)  # in >> text
+                shmcodec.tell("QDataStream >> text", f"{len(text or '')} characters, no copy")
+                return text or "", None, loader  # a null QString shows as empty, as in Qt
+        except QStringFormatError as error:
+            raise Failure(f"segment {label} ({len(data)} bytes) holds no QString: {error}")
         finally:
             memory.unlock()  # sharedMem.unlock()
             memory.detach()  # sharedMem.detach(): a reader's never removes the segment
@@ -75,175 +67,84 @@ def read_under_lock(key, hex_rows):
 
 
 def attach(key):
-    """A QSharedMemory attached read-only to /KEY, else to Qt's System V segment for KEY
-    (our own before another user's). Failure if there is neither."""
+    """A QSharedMemory attached read-only to /KEY, else to KEY's System V segment; or Failure."""
     found = None
     for memory in (QSharedMemory(QSharedMemory.platformSafeKey(key)), QSharedMemory(key)):
         if memory.nativeKey() and memory.attach(QSharedMemory.AccessMode.ReadOnly):
             return memory
         if memory.error() not in (QSharedMemory.SharedMemoryError.NotFound,
                                   QSharedMemory.SharedMemoryError.KeyError) and not found:
-            found = memory.errorString()
+            found = memory.errorString()  # another user's segment, say
     raise Failure(found or f"nothing loaded under key {key!r}: "
                   "run load_shared.py first (Enter a text first)")
 
 
-def last_loader(memory):
-    """The loader of ours that made this segment, if any (we hold the lock: it cannot
-    write meanwhile); Failure if it died while writing: there may be half a text."""
-    loader = memory.lastLoader()
+def last_loader(memory, label):
+    """Our loader that made this segment, if any; Failure if it died while writing."""
+    loader = memory.lastLoader()  # under the lock: it is not writing now
     if loader and loader.kind != ("posix" if memory.key() == "" else "sysv"):
         return None  # its logbook speaks of the other kind of segment
     if loader and loader.writing:
-        raise Failure(f"load_shared.py (pid {loader.pid}) died while writing "
-                      f"{label(memory)}; there is no whole text to show")
+        raise Failure(f"load_shared.py (pid {loader.pid}) died while writing {label}; "
+                      "there is no whole text to show")
     return loader
 
 
-def label(memory):
-    """How messages name the segment: /KEY, or KEY (System V)."""
-    return memory.nativeKey() if memory.key() == "" else f"{memory.key()} (System V)"
-
-
-def is_unwritten(data):
-    """All zeros, which no loader of ours leaves: copied only after a count of 0."""
-    return len(data) > 4 and not any(data[:4]) and bytes(data).count(0) == len(data)
-
-
-def read_text(memory, data):
-    try:
-        text = decode_qstring(data)
-    except QStringFormatError as error:
-        raise Failure(f"segment {label(memory)} ({len(data)} bytes) holds no QString: "
-                      f"{error}") from None
-    shmcodec.tell("QDataStream >> text", "a null QString" if text is None else
-                  f"{len(text)} characters, straight from the segment's memory")
-    return "" if text is None else text  # a null QString shows as empty, as in Qt
-
-
 def write_out(text):
-    """Every byte of text and a newline to stdout, or Failure: a short write (after a stop
-    and continue on a full pipe) is followed by the rest. Lone surrogates are escaped."""
-    data = text.encode(sys.stdout.encoding or "utf-8", "backslashreplace")
+    """text and a newline on stdout, every byte (after a short write, the rest), or Failure."""
+    data = text.encode(sys.stdout.encoding or "utf-8", "backslashreplace")  # lone surrogates
     try:
         for part in (memoryview(data), memoryview(b"\n")):  # no copy of text + "\n"
             while part:
                 part = part[os.write(sys.stdout.fileno(), part):]
     except OSError as error:
-        raise Failure(f"cannot write the text out: {error.strerror}") from None
+        raise Failure(f"cannot write the text out: {error.strerror}")
 
 
-# --- show_shared.py --hex: the segment, byte by byte -------------------------------------
-
-ROW = 16  # bytes a row: 8 UTF-16 code units
-
-
-def show_bytes(memory, data, loader, rows):
-    """What is in the segment, as text, and what is wrong with it (None: nothing)."""
-    size = len(data)
+def show_bytes(label, data, rows):
+    """--hex: the segment, byte by byte, and what is wrong with it (None: nothing)."""
     try:
         start, count = shmcodec.qstring_header(data, whole=True)
         end, problem = start + (count or 0), None
+        says = f"{data[:start].hex(' ', 4)} = " + ("a null QString: no text at all" if count is
+               None else f"{'Qt 6.7+ large-size form: ' * (start == 12)}{count} bytes = "
+               f"{count // 2} UTF-16 code units")
     except QStringFormatError as error:
-        start, end, problem = 0, size, f"segment {label(memory)} holds no whole " \
-                                       f"QString: {error}"
-    shown = bytes(data[:size if rows == "all" else 12 + rows * ROW])  # copied under the lock
-    try:
-        path = shmcodec.lock_path(memory.key() or memory.nativeKey()[1:])
-    except OSError:
-        path = ""
-    details = where_it_is(memory, size) + [
-        ("lock file", path if os.path.exists(path) else "none: no load_shared.py ran here"),
-        ("owner", "no load_shared.py: another program (a Qt one?) made it" if not loader else
-         f"load_shared.py pid {loader.pid}, " + ("alive" if loader.alive else
-                                                "gone (it died; the segment is stale)")),
-        ("count", explain_count(shown))]
-    lines = [f"{label:<10} {value}" for label, value in details]
-    lines += hex_rows(shown, start, end, None if rows == "all" else rows, not problem)
-    if size > end:
-        lines.append(f"{size - end} bytes after the text, which a reader ignores")
+        start, end, problem = 0, len(data), f"segment {label} holds no whole QString: {error}"
+        says = f"{bytes(data[:4]).hex() or '(none)'}: {error}"
+    shown = bytes(data[start:min(end, start + rows * ROW)])  # copied under the lock
+    chars = []  # for each code unit: the character that starts there, or ""
+    for char in "" if problem else str(shown, "utf-16-be", "surrogatepass"):
+        chars += [char if char.isprintable() else ascii(char)[1:-1]] + [""] * (ord(char) > 0xFFFF)
+    lines = [f"segment    {label}, {len(data)} bytes", f"count      {says}"]
+    for row in range(0, len(shown), ROW):
+        units, text = shown[row:row + ROW].hex(" ", -2), "".join(chars[row // 2:row // 2 + 8])
+        lines.append(f"{start + row:08x}  {units:<39}  {text}".rstrip())
+    if (more := -(-(end - start) // ROW) - rows) > 0:  # a last partial row counts
+        lines.append(f"... {more} more rows (--hex=all shows them)")
+    if len(data) > end:
+        lines.append(f"{len(data) - end} bytes after the text, which a reader ignores")
     return "\n".join(lines), problem
 
 
-def where_it_is(memory, size):
-    """(label, value) rows that say where ls or ipcs finds the segment."""
-    if memory.key() == "":
-        return [("segment", f"{label(memory)} = /dev/shm{label(memory)}, "
-                            f"{size} bytes")]
-    shmid = shmcodec.SystemV(memory.key()).shmid()
-    status = shmcodec.shm_status(shmid)
-    maker = f"pid {status.cpid} ({'alive' if os.path.exists(f'/proc/{status.cpid}') else 'gone'})"
-    return [("segment", f"{memory.key()} (System V), {size} bytes: shmid {shmid}, IPC key "
-                        f"0x{status.ipc_key & 0xFFFF_FFFF:08x} (ipcs -m lists it)"),
-            ("key file", memory.nativeKey()),
-            ("attached", f"{status.nattch} process{'es' if status.nattch > 1 else ''}, this "
-                         f"one included; made by {maker}")]
-
-
-def explain_count(data):
-    """What the count at the start of data says, as the codec reads it."""
-    try:
-        start, count = shmcodec.qstring_header(data)
-    except QStringFormatError as error:
-        return f"{data[:4].hex() or '(none)'}: {error}"
-    prefix = data[:start].hex(" ", 4)
-    if count is None:
-        return f"{prefix} = a null QString: no text at all"
-    form = "Qt 6.7+ large-size form: " if start == 12 else ""
-    return f"{prefix} = {form}{count} bytes = {count // 2} UTF-16 code units"
-
-
-def hex_rows(data, start, end, rows, characters):
-    """Rows of offset, 16 bytes as 8 code units, and the characters they encode: from
-    start to end, or the first rows of them (None: all)."""
-    shown = data[start:end if rows is None else min(end, start + rows * ROW)]
-    where, offset = {}, start  # offset -> the character that starts there
-    for char in str(shown[:len(shown) // 2 * 2], "utf-16-be", "surrogatepass") \
-            if characters else "":
-        where[offset] = char if char.isprintable() or char == " " else ascii(char)[1:-1]
-        offset += 4 if ord(char) > 0xFFFF else 2
-    lines = []
-    for row in range(start, start + len(shown), ROW):
-        chunk = shown[row - start:row - start + ROW]
-        units = " ".join(chunk[i:i + 2].hex() for i in range(0, len(chunk), 2))
-        text = "".join(where.get(row + i, "") for i in range(0, len(chunk), 2))
-        lines.append(f"{row:08x}  {units:<39}  {text}".rstrip())
-    left_out = -(-(end - start) // ROW) - -(-len(shown) // ROW)
-    if left_out > 0:
-        lines.append(f"... {left_out} more rows (--hex=all shows them)")
-    return lines
-
-
-def rows_value(value):
-    if value == "all":
-        return value
-    if not value.isascii() or not value.isdigit():
-        raise argparse.ArgumentTypeError(f"--hex={value}: give a number of rows, or all")
-    return int(value)
-
-
 def command_line():
-    parser = shmcodec.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=EXIT_STATUS,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--key", default="MySharedMemory", help="the segment's key "
-                        "(default: %(default)s)")
-    parser.add_argument("--hex", nargs="?", const="16", type=rows_value, metavar="ROWS|all",
-                        help="instead of the text, show the segment: its kind, size, owner, "
-                        "count, and 16 rows of code units (or ROWS, or all); also on a "
-                        "corrupt segment, to see what is wrong")
-    parser.add_argument("--verbose", action="store_true",
-                        help="tell each step on stderr: the Qt call, and what does it here")
+    parser = shmcodec.ArgumentParser(description=__doc__, epilog=EXIT_STATUS)
+    parser.add_argument("--key", default="MySharedMemory", help="default: %(default)s")
+    parser.add_argument("--hex", nargs="?", const="16", metavar="ROWS|all", help="show the "
+                        "segment's bytes instead (16 rows, or ROWS, or all), even if corrupt")
+    parser.add_argument("--verbose", action="store_true", help="tell each step on stderr")
     args = parser.parse_args()
     shmcodec.verbose = args.verbose
-    problem = shmcodec.key_problem(args.key)
-    if problem:
+    if args.hex not in (None, "all") and not (args.hex.isascii() and args.hex.isdigit()):
+        parser.error(f"--hex={args.hex}: give a number of rows, or all")
+    if problem := shmcodec.key_problem(args.key):
         parser.error(problem)
+    args.hex = sys.maxsize if args.hex == "all" else args.hex and int(args.hex)  # None: no --hex
     return args
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except KeyboardInterrupt:  # stopped before it began: nothing to release
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP (see stop_like_ctrl_c)
         sys.exit(130)

@@ -998,8 +998,9 @@ class FaultTest(ProcessTestCase):
             self.assertIn("KeyboardInterrupt", err)
             first = re.search(r'(?:load_shared|show_shared)\.py", line \d+, in <module>\n'
                               r'\s*(.*)', err)
-            self.assertTrue(first and "main()" not in first.group(1), err)
-            self.assertNotIn(", in main\n", err)
+            self.assertTrue(not first or "main()" not in first.group(1), err)  # not first:
+            # Python's own start-up ("Fatal Python error: init_import_site"), before ours
+            self.assertNotRegex(err, r'(?:load_shared|show_shared)\.py", line \d+, in main\n')
 
 
 class DeathTest(ProcessTestCase):
@@ -1804,8 +1805,6 @@ class ReplacementTest(ProcessTestCase):
         self.assert_nothing_left()
 
     def test_a_loader_killed_while_it_replaces_a_posix_text_leaves_the_old_one(self):
-        if not shmcodec.RENAME_HERE:
-            self.skipTest("a POSIX segment takes another's name at once only where it is a file")
         loader = self.typing_loader()
         self.type_line(loader, "y" * (32 << 20))
         deadline = time.monotonic() + TIMEOUT
@@ -1832,8 +1831,6 @@ class ReplacementTest(ProcessTestCase):
         # The article's reader attaches, and only then locks: between a loader's removal of
         # the old segment and its making of the new one, it would find nothing. Where a new
         # POSIX segment takes the old one's name at once, there is no such moment.
-        if not shmcodec.RENAME_HERE:
-            self.skipTest("a POSIX segment takes another's name at once only where it is a file")
         loader = self.typing_loader()
         code = ("import _posixshmem, os, sys\nprint('ready', flush=True)\nmissed = 0\n"
                 "while not os.path.exists(sys.argv[2]):\n    try:\n"
@@ -1946,24 +1943,12 @@ class EachKindTests:
                 self.kind().remove()
 
     def test_hex_says_what_and_where(self):
-        loader = self.start_loader(*self.sysv, "Grüße 😀\nb")
+        self.start_loader(*self.sysv, "Grüße 😀\nb")
         status, out, err = self.show("--hex")
         self.assertEqual((status, err), (0, ""))
-        lines = out.decode().splitlines()
-        if self.sysv:
-            shmid = self.kind().shmid()
-            ipc_key = shmcodec.shm_status(shmid).ipc_key
-            where = [f"segment    {self.key} (System V), 24 bytes: shmid {shmid}, IPC key "
-                     f"0x{ipc_key:08x} (ipcs -m lists it)",
-                     f"key file   {self.kind().key_file.path}",
-                     f"attached   2 processes, this one included; made by pid {loader.pid} (alive)"]
-            self.assertTrue(lines[0].split("IPC key 0x")[1].startswith("51"))  # ftok(file, 'Q')
-        else:
-            where = [f"segment    /{self.key} = /dev/shm/{self.key}, 24 bytes"]
-        self.assertEqual(lines[:len(where)], where)
-        self.assertEqual(lines[len(where):], [
-            f"lock file  {self.lock_path}",
-            f"owner      load_shared.py pid {loader.pid}, alive",
+        self.assertEqual(out.decode().splitlines(), [
+            f"segment    {self.key} (System V), 24 bytes" if self.sysv else
+            f"segment    /{self.key}, 24 bytes",
             "count      00000014 = 20 bytes = 10 UTF-16 code units",
             "00000004  0047 0072 00fc 00df 0065 0020 d83d de00  Grüße 😀",
             "00000014  000a 0062                                \\nb"])
@@ -2531,8 +2516,6 @@ class HexViewTest(ProcessTestCase):
         self.assertIn("large-size form: 4 bytes = 2 UTF-16 code units", out)
         self.assertIn("0000000c  d83d de00", out)
         self.assertIn("2 bytes after the text", out)
-        self.assertIn("another program", out)
-        self.assertIn("lock file  none: no load_shared.py ran here", out)
 
     def test_corrupt_segment_shows_bytes_and_what_is_wrong(self):
         data = bytes.fromhex("0000000700410042")
@@ -2550,7 +2533,7 @@ class HexViewTest(ProcessTestCase):
         loader.wait()
         status, out, err = self.show("--hex")
         self.assertEqual(status, 0)
-        self.assertIn(f"pid {loader.pid}, gone", out.decode())
+        self.assertIn(f"(pid {loader.pid}), which loaded this text, is gone", err)
 
 
 class SystemVTest(ProcessTestCase):
