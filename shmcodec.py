@@ -611,7 +611,15 @@ class SystemV:
     def make(self, size, beside=False):
         """shmget(IPC_CREAT|IPC_EXCL) + shmat. A key names one segment: never beside."""
         key = self.key_file.ipc_key(create=True)
-        shmid = c_call(libc.shmget(key, size, 0o600 | IPC_CREAT | IPC_EXCL), self.label)
+        shmid = libc.shmget(key, size, 0o600 | IPC_CREAT | IPC_EXCL)
+        try:
+            if shmid == -1 and ctypes.get_errno() == errno.EEXIST:
+                self.refuse_others(f"segment {self.label}", "shm", "key", key)
+            c_call(shmid, self.label)
+        except OSError:
+            if self.key_file.made:  # made for it: it goes with it
+                self.key_file.remove()
+            raise
         try:
             mapping = self.mapped(shmid, writable=True)
         except OSError:  # no address space for it, say: it must not stay under the key
@@ -673,15 +681,21 @@ class SystemV:
                 key = key_file.ipc_key(create=False)
             except OSError:
                 continue
-            with open(f"/proc/sysvipc/{table}") as listing:
-                columns = listing.readline().split()
-                for row in (dict(zip(columns, line.split())) for line in listing):
-                    if int(row["key"]) == key:
-                        removal = f"ipcrm -{'m' if table == 'shm' else 's'} {row[table + 'id']}"
-                        found.append((what, int(row["uid"]), removal, " and nobody is attached "
-                                      "to it (its loader is gone)" if row.get("nattch") == "0"
-                                      else ""))
+            for row in sysvipc(table):
+                if row["key"] == key:
+                    removal = f"ipcrm -{'m' if table == 'shm' else 's'} {row[table + 'id']}"
+                    found.append((what, row["uid"], removal, " and nobody is attached to it "
+                                  "(its loader is gone)" if row.get("nattch") == 0 else ""))
         return [each for each in found + files if each[1] != os.geteuid()]
+
+    def refuse_others(self, what, table, column, value):
+        """PermissionError, naming its owner, if the set or segment whose column ("key", or
+        "shmid"/"semid") is value is another user's: ftok() keeps 16 bits of a key file's
+        inode, so another user can make one for our key before we do."""
+        for row in sysvipc(table):
+            if row[column] == value and os.geteuid() not in (row["uid"], row["cuid"]):
+                raise PermissionError(errno.EPERM, f"{what} belongs to user {user_name(row['uid'])}"
+                                      ", who made it for our key; use another --key")
 
     # Qt's lock: a set of one System V semaphore
 
@@ -691,13 +705,22 @@ class SystemV:
         while True:  # its maker (a Qt program that quits) may remove it at any moment
             key = self.lock_key_file.ipc_key(create)
             self.semid = libc.semget(key, 1, 0o600 | IPC_CREAT | IPC_EXCL if create else 0)
-            if self.semid != -1 and create:  # a new set starts at 0: make it a free lock
+            made = self.semid != -1 and create
+            if made:  # a new set starts at 0: make it a free lock
                 c_call(libc.semctl(self.semid, 0, SETVAL, ctypes.c_int(1)), key)
             elif self.semid == -1 and create and ctypes.get_errno() == errno.EEXIST:
                 self.semid = libc.semget(key, 1, 0o600)  # as it is: SEM_UNDO kept it right
                 if self.semid == -1 and ctypes.get_errno() == errno.ENOENT:
                     continue
             c_call(self.semid, f"semaphore {self.lock_key_file.path}")
+            try:  # one we did not make just now: whose is it?
+                if not create or not made:
+                    self.refuse_others(f"Qt's lock for {self.label}", "sem", "semid", self.semid)
+            except PermissionError:
+                self.semid = None
+                if self.lock_key_file.made:
+                    self.lock_key_file.remove()
+                raise
             tell("Qt's lock", f"semget: semid {self.semid}")
             return self
 
@@ -746,6 +769,14 @@ class SystemV:
 
     def close_lock(self):
         """Nothing: a set is used by its id."""
+
+
+def sysvipc(table):
+    """The rows of /proc/sysvipc/TABLE ("shm": segments, "sem": sets), as dicts of numbers:
+    anyone may read them, where IPC_STAT asks for read permission."""
+    with open(f"/proc/sysvipc/{table}") as listing:
+        columns = listing.readline().split()
+        return [dict(zip(columns, map(int, line.split()))) for line in listing]
 
 
 def whose(owned):

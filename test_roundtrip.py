@@ -11,6 +11,7 @@ import ctypes
 import errno
 import functools
 import glob
+import hashlib
 import importlib.util
 import json
 import os
@@ -18,6 +19,7 @@ import random
 import re
 import resource
 import select
+import shlex
 import shutil
 import signal
 import stat
@@ -877,6 +879,37 @@ class FaultTest(ProcessTestCase):
                     self.assertEqual((status, out), (2, b""))
                     self.assert_one_line(err, "key")
                     self.assertEqual(os.listdir(self.tmpdir), [])
+
+    def test_every_byte_is_written_after_a_stop_on_a_full_pipe(self):
+        # Unbuffered (PYTHONUNBUFFERED=1, as in many containers), a viewer stopped and
+        # continued (Ctrl-Z, fg) while stdout is a full pipe sees write() return short.
+        with tempfile.TemporaryFile() as source:
+            source.write(b"x" * 3_000_000)
+            source.seek(0)
+            loader = self.start_loader("-", stdin=source)
+        viewer = self.start(script=VIEWER, env=dict(self.env, PYTHONUNBUFFERED="1"))
+        deadline = time.monotonic() + TIMEOUT
+        while not open(f"/proc/{viewer.pid}/wchan").read().endswith("pipe_write"):  # pipe full
+            self.assertLess(time.monotonic(), deadline, "the viewer never filled the pipe")
+            time.sleep(0.01)
+        stop_now(viewer.pid)
+        os.kill(viewer.pid, signal.SIGCONT)
+        status, out, err = self.finish(viewer)
+        self.assertEqual((status, len(out), err), (0, 3_000_001, ""))
+        self.stop(loader)
+
+    def test_no_two_keys_share_a_lock_file(self):
+        # A key too long for a plain file name is named by its sha1, which no plain key's
+        # name can be: here the key that a former scheme gave the same name, at once.
+        long_key = (self.key * 20)[:250]
+        twin = long_key[:200] + "-" + hashlib.sha1(long_key.encode()).hexdigest()
+        self.addCleanup(lambda: [shmcodec.Posix(key).remove() for key in (long_key, twin)])
+        first = self.start_loader("first", key=long_key)
+        second = self.start_loader("second", key=twin)
+        self.assertEqual(self.show(key=long_key)[:2], (0, b"first\n"))
+        self.assertEqual(self.show(key=twin)[:2], (0, b"second\n"))
+        self.stop(first)
+        self.stop(second)
 
     def test_longest_key_works(self):
         self.key = (self.key * 10)[:shmcodec.MAX_KEY_BYTES]  # our own key: never a person's
@@ -2190,6 +2223,71 @@ class TwoUsersTest(TwoUsersCase):
                                                                    self.key))
                 self.assertEqual({owned[1] for owned in theirs.others()}, {a.pw_uid})  # untouched
 
+    def test_names_beside_the_key_squatted_by_another_user_cost_nothing(self):
+        # b makes the names a's loader makes a new text under: the old fixed one, and the
+        # random one that a's loader (forced here) draws first. It draws another.
+        a, b = self.users
+        planted = [f"/dev/shm/{self.key}\x7f", f"/dev/shm/{self.key}\x7f{'00' * 8}"]
+        for path in planted:
+            self.plant(b, path, lambda path: open(path, "w").close())
+        first_draw = ("import os\nreal = os.urandom\ndef urandom(n, drawn=[]):\n"
+                      "    drawn.append(n)\n    return bytes(n) if len(drawn) == 1 else real(n)\n"
+                      "os.urandom = urandom")
+        loader = self.start_command([*self.as_(a), self.python, "-c", FORCED, first_draw,
+                                     os.path.join(self.scripts, "load_shared.py"), "--key",
+                                     self.key], stdin=subprocess.PIPE, cwd=self.scripts)
+        for text in ("one", "two"):
+            self.load_line(loader, text)
+            self.assertEqual(self.run_as(a, "show_shared.py"), (0, text.encode() + b"\n", ""))
+        loader.stdin.close()
+        self.assertEqual(self.finish(loader)[::2], (0, ""))
+        self.assertEqual([os.lstat(path).st_uid for path in planted], [b.pw_uid] * 2)
+
+    @needs_system_v
+    def test_system_v_keys_made_to_collide_are_refused_and_left_alone(self):
+        # ftok() keeps 16 bits of a key file's inode, and a new file's inode can be guessed
+        # (here: a freed one is given again). In a private IPC namespace, b makes sets and
+        # segments, mode 0666, for the IPC keys of the next inodes; then a's loader, and
+        # root's, make their key files: both name b in one line, exit 1 and touch nothing.
+        a, b = self.users
+        for table in ("sem", "shm"):  # Qt's lock (own() opens it), then the segment (load())
+            with self.subTest(table):
+                self.assert_collisions_refused(a, b, table)
+
+    def assert_collisions_refused(self, a, b, table):
+        probe = os.path.join(self.tmpdir, "probe")
+        open(probe, "w").close()
+        inode, device = os.stat(probe).st_ino, os.stat(probe).st_dev
+        os.unlink(probe)  # the next inodes, freed or new: 1024 of them, as others make files
+        collide = ("import ctypes, sys\nlibc = ctypes.CDLL(None)\nfirst, device = map(int, "
+                   "sys.argv[1:3])\nfor inode in range(first, first + 1024):\n"
+                   "    key = (inode & 0xFFFF) | (device & 0xFF) << 16 | ord('Q') << 24\n"
+                   f"    libc.{table}get(key, 1, 0o1666)\n")
+        listing, before = "cat /proc/sysvipc/shm /proc/sysvipc/sem", f"{self.tmpdir}/before"
+
+        def shell(user, *args):  # one command of the script, as user (None: root)
+            return shlex.join([*(self.as_(user) if user else ()), self.python, *args])
+        script = "; ".join([
+            shell(b, "-c", collide, str(inode), str(device)),
+            f"{listing} > {before}",
+            shell(a, "load_shared.py", "--key", self.key, "--sysv", "-") + " </dev/null 2>&1",
+            "echo loader $?",
+            shell(None, "load_shared.py", "--key", self.key, "--sysv", "--replace", "-") +
+            " </dev/null 2>&1",
+            "echo root $?",
+            f"{listing} | cmp -s - {before} && echo untouched"])
+        result = subprocess.run(["unshare", "--ipc", "sh", "-c", script], cwd=self.scripts,
+                                capture_output=True, text=True, timeout=TIMEOUT, env=self.env)
+        lines = result.stdout.splitlines()
+        told = [line for line in lines if re.fullmatch(r"(loader|root) \d+|untouched", line)]
+        said = [line for line in lines if line not in told]
+        self.assertEqual(told, ["loader 1", "root 1", "untouched"], result.stdout + result.stderr)
+        self.assertEqual(len(said), 2, result.stdout)  # one line each
+        for line in said:
+            self.assertIn(f"belongs to user {b.pw_name}", line)
+        self.assertEqual([name for name in os.listdir(self.tmpdir) if name.startswith("qipc_")],
+                         [])
+
     def test_a_planted_lock_directory_is_refused_and_left_alone(self):
         a, b = self.users
         place = os.path.join(self.tmpdir, f"qshm-{a.pw_uid}")  # where a keeps lock files
@@ -2516,6 +2614,22 @@ class HexViewTest(ProcessTestCase):
         self.assertIn("large-size form: 4 bytes = 2 UTF-16 code units", out)
         self.assertIn("0000000c  d83d de00", out)
         self.assertIn("2 bytes after the text", out)
+
+    def test_counts_are_whole_numbers_and_a_null_large_form_is_null(self):
+        self.write_segment(shmcodec.count_prefix(2469134) + b"\0x" * 1234567)
+        self.assertIn(" = 2469134 bytes = 1234567 UTF-16 code units",
+                      self.show("--hex=1")[1].decode())
+        self.unlink_segment()
+        self.write_segment(bytes.fromhex("fffffffe" "ffffffffffffffff"))  # Qt reads it as null
+        status, out, err = self.show("--hex")
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("a null QString", out.decode())
+        self.assertNotIn("-1 bytes", out.decode())
+        for value in ("²", "-1", "1.5", ""):
+            with self.subTest(hex=value):
+                status, out, err = self.show(f"--hex={value}")
+                self.assertEqual((status, out), (2, b""))
+                self.assert_one_line(err, "--hex")
 
     def test_corrupt_segment_shows_bytes_and_what_is_wrong(self):
         data = bytes.fromhex("0000000700410042")
