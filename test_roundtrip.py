@@ -871,7 +871,8 @@ class FaultTest(ProcessTestCase):
         self.assert_one_line(result.stderr.decode(), "No space left", f"/{self.key}")
 
     def test_bad_keys_exit_2_before_touching_anything(self):
-        for key in ("", "a/b", "/lead", "é", ".", "..", "k" * 256):
+        for key in ("", "a/b", "/lead", "é", ".", "..", "k" * 256, f"sem.{self.key}"):  # sem.X:
+            # the file of key X's semaphore, /dev/shm/sem.X, is also the segment of key sem.X
             for script in (LOADER, VIEWER):
                 with self.subTest(key=key, script=os.path.basename(script)):
                     status, out, err = self.run_script("text", script=script, key=key) \
