@@ -9,7 +9,7 @@ QSharedMemory, with Qt's names, on which the article's calls run line for line:
 QSharedMemory.platformSafeKey("MySharedMemory") is the POSIX segment /MySharedMemory, as in
 Qt 6. lock() takes our fcntl lock, then Qt's own semaphore, so that a Qt program and ours
 exclude each other. Extras, named as ours, add what Qt lacks: own(), load(), lastLoader(),
-recover(). Below them, one backend per kind of key. Linux only.
+recover(), segmentId(), waitForNew(). Below them, one backend per kind of key. Linux only.
 """
 import argparse
 import collections
@@ -494,6 +494,13 @@ class Posix:
             _posixshmem.shm_unlink("/" + (mapping.ident if mapping else self.key))
             tell("remove", f"shm_unlink: {self.name}")
 
+    def identity(self):
+        """What names the segment under the key now, "" if there is none: its file."""
+        with contextlib.suppress(OSError):
+            info = os.stat(f"/dev/shm/{self.key}")
+            return f"{info.st_dev}:{info.st_ino}"
+        return ""
+
     def clear_unfinished(self):
         """Remove what a dead loader of ours was making beside the old text."""
         for name in os.listdir("/dev/shm"):
@@ -659,6 +666,12 @@ class SystemV:
             if error.errno not in (errno.ENOENT, errno.EINVAL, errno.EIDRM):
                 raise
         self.key_file.remove()
+
+    def identity(self):
+        """What names the segment under the key now, "" if there is none: its shmid."""
+        with contextlib.suppress(OSError):
+            return f"shmid {self.shmid()}"
+        return ""
 
     def clear_unfinished(self):
         """Nothing: a System V segment is made under the key at once."""
@@ -1100,6 +1113,23 @@ class QSharedMemory:
             self.unlock()
         else:
             lock_file.unlock(TURN)
+
+    def segmentId(self):
+        """What names the segment under the key now ("" if there is none), taking no lock:
+        each text that a loader puts there, ours or Qt's article's, is a new segment."""
+        return self._kind.identity() if self._kind else ""
+
+    def waitForNew(self, last=None, timeout=None):
+        """Wait until the segment under the key is another one than last (a segmentId();
+        None: any), and return its segmentId() ("": none now); None if timeout seconds pass
+        first. It looks ten times a second, taking no lock: read the new text then as the
+        article does, under lock(). A Qt program that rewrites a segment in place is not seen."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (now := self.segmentId()) == last:
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(0.1)
+        return now
 
     # The steps behind them ---------------------------------------------------------------------
 

@@ -24,12 +24,14 @@ def main():
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # show_shared.py | head: end quietly
     shmcodec.fill_standard_fds()
     shmcodec.stop_like_ctrl_c()
+    if args.watch:
+        return watch(args)
     try:
-        shown, problem, loader = read_under_lock(args.key, args.hex)
+        shown, problem, loader, _ = read_under_lock(args.key, args.hex)
         if loader and not loader.alive:
             warn(f"note: load_shared.py (pid {loader.pid}), which loaded this text, is gone; "
                  "the next load_shared.py replaces it")
-        write_out(shown)
+        write_out(shown, args.end)
         if problem:
             raise Failure(problem)
     except (Failure, OSError, MemoryError) as failure:  # a MemoryError has no message
@@ -38,8 +40,41 @@ def main():
     return 0
 
 
+def watch(args):
+    """--watch: the text, then each new one as soon as a loader puts it under the key, until
+    Ctrl-C. A new text is a new segment: its name is looked at ten times a second, with no
+    lock, and the text read under the lock only when it changed."""
+    memories = (QSharedMemory(QSharedMemory.platformSafeKey(args.key)), QSharedMemory(args.key))
+    seen = said = last_pid = None
+    try:
+        while True:
+            now = next(filter(None, (memory.segmentId() for memory in memories)), "")
+            if now == seen:
+                time.sleep(0.1)
+                continue
+            try:
+                shown, problem, loader, seen = read_under_lock(args.key, args.hex)
+            except (Failure, OSError, MemoryError) as failure:
+                seen, why = now, shmcodec.one_line(failure) or "not enough memory to decode"
+                if last_pid and not now:
+                    why, last_pid = f"load_shared.py (pid {last_pid}) quit; {why}", None
+                if why != said:  # once
+                    warn(why)
+                    said = why
+                continue
+            if loader and loader.pid != last_pid and (last_pid or said):
+                warn(f"a new load_shared.py (pid {loader.pid}) loads under key {args.key!r}")
+            last_pid, said = loader and loader.pid, problem
+            write_out(shown, args.end)
+            if problem:  # --hex of a corrupt segment
+                warn(problem)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the end of watching, not a failure
+        return 0
+
+
 def read_under_lock(key, hex_rows):
-    """The article's slot, attach() to detach(): what to show, what is wrong, our loader."""
+    """The article's slot, attach() to detach(): what to show, what is wrong, our loader,
+    and the segment's segmentId()."""
     for _ in range(10):
         memory = attach(key)  # if (!sharedMem.attach()) "Enter a text first"
         if not memory.lock():  # sharedMem.lock()
@@ -48,14 +83,14 @@ def read_under_lock(key, hex_rows):
         label = memory.nativeKey() if memory.key() == "" else f"{key} (System V)"
         data = memory.constData()  # buffer.setData(sharedMem.constData(), sharedMem.size())
         try:
-            loader = last_loader(memory, label)
+            loader, seen = last_loader(memory, label), memory.segmentId()  # both locked
             if hex_rows is not None:  # --hex shows a corrupt segment too
-                return (*show_bytes(label, data, hex_rows), loader)
+                return (*show_bytes(label, data, hex_rows), loader, seen)
             # All zeros (no loader of ours leaves that): a Qt writer between create() and lock().
             if loader or len(data) <= 4 or any(data[:4]) or bytes(data).count(0) < len(data):
                 text = decode_qstring(data)  # in >> text
                 shmcodec.tell("QDataStream >> text", f"{len(text or '')} characters, no copy")
-                return text or "", None, loader  # a null QString shows as empty, as in Qt
+                return text or "", None, loader, seen  # a null QString shows as empty
         except QStringFormatError as error:
             raise Failure(f"segment {label} ({len(data)} bytes) holds no QString: {error}")
         finally:
@@ -90,11 +125,11 @@ def last_loader(memory, label):
     return loader
 
 
-def write_out(text):
-    """text and a newline on stdout, every byte (after a short write, the rest), or Failure."""
+def write_out(text, end):
+    """text and end on stdout, every byte (after a short write, the rest), or Failure."""
     data = text.encode(sys.stdout.encoding or "utf-8", "backslashreplace")  # lone surrogates
     try:
-        for part in (memoryview(data), memoryview(b"\n")):  # no copy of text + "\n"
+        for part in (memoryview(data), memoryview(end)):  # no copy of text + end
             while part:
                 part = part[os.write(sys.stdout.fileno(), part):]
     except OSError as error:
@@ -132,6 +167,11 @@ def command_line():
     parser.add_argument("--key", default="MySharedMemory", help="default: %(default)s")
     parser.add_argument("--hex", nargs="?", const="16", metavar="ROWS|all", help="show the "
                         "segment's bytes instead (16 rows, or ROWS, or all), even if corrupt")
+    parser.add_argument("--watch", action="store_true", help="show the text, then each new "
+                        "one as soon as it is loaded, until Ctrl-C (exit status 0)")
+    parser.add_argument("-0", "--null", dest="end", action="store_const", const=b"\0",
+                        default=b"\n", help="end each text with a NUL, not a newline, as "
+                        "find -print0 does: with --watch, a text may hold newlines")
     parser.add_argument("--verbose", action="store_true", help="tell each step on stderr")
     args = parser.parse_args()
     shmcodec.verbose = args.verbose

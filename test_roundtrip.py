@@ -2558,6 +2558,86 @@ class SystemVTwoUsersTest(TwoUsersEachKindTests, TwoUsersCase):
     sysv = ("--sysv",)
 
 
+class WatchTest(ProcessTestCase):
+    """show_shared.py --watch, and QSharedMemory.waitForNew() for a Python program."""
+
+    def watcher(self, *args):
+        return self.start("--watch", *args, script=VIEWER)
+
+    def test_each_text_is_shown_and_each_change_of_loader_told_once(self):
+        watcher = self.watcher()
+        self.assertIn("nothing loaded", self.wait_line(watcher, stderr=True))
+        loader = self.start_typing(text="one")
+        self.assertIn(f"a new load_shared.py (pid {loader.pid})",
+                      self.wait_line(watcher, stderr=True))
+        self.assertEqual(self.wait_line(watcher), "one\n")
+        for text in ("two", "three"):
+            self.load_line(loader, text)
+            self.assertEqual(self.wait_line(watcher), text + "\n")
+        loader.stdin.close()
+        self.finish(loader)
+        self.assertIn(f"load_shared.py (pid {loader.pid}) quit; nothing loaded",
+                      self.wait_line(watcher, stderr=True))
+        second = self.start_loader("again")
+        self.assertIn(f"a new load_shared.py (pid {second.pid})",
+                      self.wait_line(watcher, stderr=True))
+        self.assertEqual(self.wait_line(watcher), "again\n")
+        self.stop(second)
+        self.assertIn("quit", self.wait_line(watcher, stderr=True))
+        time.sleep(0.5)  # nothing more is said while nothing changes
+        watcher.send_signal(signal.SIGINT)
+        self.assertEqual(self.finish(watcher), (0, b"", ""))
+        self.assert_nothing_left()
+
+    def test_texts_with_newlines_end_with_a_nul_with_0(self):
+        watcher = self.watcher("-0")
+        loader = self.start_loader("two\nlines")
+        read = b""
+        while not read.endswith(b"\0"):
+            read += os.read(watcher.stdout.fileno(), 1)
+        self.assertEqual(read, b"two\nlines\0")
+        self.stop(loader)
+        watcher.terminate()
+        self.assertEqual(self.finish(watcher)[0], 0)
+
+    def test_a_stopped_watcher_never_blocks_the_loader(self):
+        watcher = self.watcher()
+        loader = self.start_typing(text="one")
+        self.assertEqual(self.wait_line(watcher), "one\n")
+        stop_now(watcher.pid)  # Ctrl-Z, between two looks
+        for text in ("two", "three"):
+            self.load_line(loader, text)  # loaded: nobody holds a lock
+        os.kill(watcher.pid, signal.SIGCONT)
+        self.assertEqual(self.wait_line(watcher), "three\n")  # the text there now
+        watcher.terminate()  # SIGTERM: the end of watching, at once
+        self.assertEqual(self.finish(watcher)[0], 0)
+        self.stop(loader)
+
+    def test_wait_for_new_returns_each_new_segment_or_times_out(self):
+        for sysv in ((), ("--sysv",)):
+            with self.subTest(sysv=sysv):
+                memory = shmcodec_in(self.tmpdir, lambda: shmcodec.QSharedMemory(
+                    self.key if sysv else shmcodec.QSharedMemory.platformSafeKey(self.key)))
+                self.assertIsNone(memory.waitForNew("", timeout=0.3))  # nothing, still
+                loader = self.start_typing(*sysv, text="one")
+                last = ""
+                for text in ("one", "two"):
+                    new = memory.waitForNew(last, timeout=TIMEOUT)
+                    self.assertNotIn(new, (None, last))
+                    self.assertTrue(memory.attach(memory.ReadOnly))
+                    memory.lock()
+                    self.assertEqual(shmcodec.decode_qstring(memory.constData()), text)
+                    memory.unlock()
+                    memory.detach()
+                    self.assertIsNone(memory.waitForNew(new, timeout=0.3))  # the same one
+                    if text == "one":
+                        self.load_line(loader, "two")
+                    last = new
+                loader.stdin.close()
+                self.assertEqual(self.finish(loader)[0], 0)
+                self.assertEqual(memory.waitForNew(last, timeout=TIMEOUT), "")  # gone
+
+
 class VerboseTest(ProcessTestCase):
     """--verbose tells each step of the dance as it happens; a wait is never silent."""
 
@@ -3130,6 +3210,22 @@ class QtPeerTests:
                     if key_kind == "safe":  # Qt 6 never removes a POSIX segment (qt-facts.md)
                         self.unlink_segment()
                     self.assert_nothing_left()
+
+    def test_a_watcher_sees_each_qt_text(self):
+        for key_kind in self.key_kinds:
+            with self.subTest(key_kind=key_kind):
+                watcher = self.start("--watch", script=VIEWER)
+                for text in ("from Qt", "again from Qt"):
+                    writer = self.qt(key_kind, "write", text, stdin=subprocess.PIPE)
+                    self.assertEqual(self.wait_line(writer), "ready\n")
+                    self.assertEqual(self.wait_line(watcher), text + "\n")
+                    writer.stdin.close()
+                    self.assertEqual(self.finish(writer)[0], 0)
+                    if key_kind == "safe":  # Qt 6 never removes a POSIX segment
+                        self.unlink_segment()
+                watcher.terminate()
+                self.assertEqual(self.finish(watcher)[0], 0)
+                self.assert_nothing_left()
 
     def test_we_load_qt_reads(self):
         for key_kind in self.key_kinds:
