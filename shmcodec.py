@@ -707,8 +707,9 @@ class SystemV:
         inode, so another user can make one for our key before we do."""
         for row in sysvipc(table):
             if row[column] == value and os.geteuid() not in (row["uid"], row["cuid"]):
-                raise PermissionError(errno.EPERM, f"{what} belongs to user {user_name(row['uid'])}"
-                                      ", who made it for our key; use another --key")
+                raise PermissionError(errno.EPERM, f"{what} belongs to user "
+                                      f"{user_name(row['uid'])}, who made it for our key; "
+                                      "use another --key")
 
     # Qt's lock: a set of one System V semaphore
 

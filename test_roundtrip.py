@@ -1581,6 +1581,7 @@ class LockProtocolTest(ProcessTestCase):
             "LockFile.write 1 , 1, '": 1,  # the record written: proven, taken over
             "LockFile.write 2 , 1, '": None,  # the record cleared, before sem_post
             "Posix.give 1": 0,  # sem_post: only our turn left, dropped
+            "LockFile.unlock 1 , 0)": 0,  # our turn, let go last: nothing left
         }
         for step, rescues in steps.items():
             with self.subTest(step):
