@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """ShowSharedMem in Python: print the text under KEY as Qt's QDataStream reads it, from the
 POSIX segment /KEY, else from Qt's System V segment for KEY, under Qt's lock and ours."""
+import argparse
 import os
 import signal
 import sys
@@ -9,9 +10,12 @@ import time
 import shmcodec
 from shmcodec import QSharedMemory, QStringFormatError, decode_qstring, warn
 
-EXIT_STATUS = """exit status: 0 shown; 1 nothing to show (nothing loaded, a loader died while
-writing, another user's segment, a corrupt segment, not enough memory...) or the text could
-not be written out; 2 bad usage; 130 stopped (Ctrl-C, SIGTERM or SIGHUP)"""
+EXIT_STATUS = """exit status:
+  0  shown (--watch: until Ctrl-C or SIGTERM)
+  1  nothing to show (nothing loaded, a loader died while writing, another user's segment,
+     a corrupt segment, not enough memory...), or the text could not be written out
+  2  bad usage
+  130  stopped (Ctrl-C, SIGTERM or SIGHUP)"""
 ROW = 16  # bytes a --hex row: 8 UTF-16 code units
 
 
@@ -163,8 +167,10 @@ def show_bytes(label, data, rows):
 
 
 def command_line():
-    parser = shmcodec.ArgumentParser(description=__doc__, epilog=EXIT_STATUS)
-    parser.add_argument("--key", default="MySharedMemory", help="default: %(default)s")
+    parser = shmcodec.ArgumentParser(description=__doc__, epilog=EXIT_STATUS,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--key", default="MySharedMemory", help="the segment's key "
+                        "(default: %(default)s)")
     parser.add_argument("--hex", nargs="?", const="16", metavar="ROWS|all", help="show the "
                         "segment's bytes instead (16 rows, or ROWS, or all), even if corrupt")
     parser.add_argument("--watch", action="store_true", help="show the text, then each new "
