@@ -28,9 +28,9 @@ def main():
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # show_shared.py | head: end quietly
     shmcodec.fill_standard_fds()
     shmcodec.stop_like_ctrl_c()
-    if args.watch:
-        return watch(args)
     try:
+        if args.watch:
+            return watch(args)
         shown, problem, loader, _ = read_under_lock(args.key, args.hex)
         if loader and not loader.alive:
             warn(f"note: load_shared.py (pid {loader.pid}), which loaded this text, is gone; "

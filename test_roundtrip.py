@@ -2616,6 +2616,16 @@ class WatchTest(ProcessTestCase):
         self.assertEqual(self.finish(watcher)[0], 0)
         self.stop(loader)
 
+    def test_a_text_that_cannot_be_written_out_ends_the_watch_in_one_line(self):
+        loader = self.start_loader("text")
+        with open("/dev/full", "wb") as full:
+            watcher = self.start_command([sys.executable, VIEWER, "--key", self.key, "--watch"],
+                                         stdout=full)
+            status, out, err = self.finish(watcher)
+        self.assertEqual(status, 1)
+        self.assert_one_line(err, "cannot write the text out")
+        self.stop(loader)
+
     def test_wait_for_new_returns_each_new_segment_or_times_out(self):
         for sysv in ((), ("--sysv",)):
             with self.subTest(sysv=sysv):
