@@ -871,6 +871,8 @@ class FaultTest(ProcessTestCase):
         self.assert_one_line(result.stderr.decode(), "No space left", f"/{self.key}")
 
     def test_bad_keys_exit_2_before_touching_anything(self):
+        self.addCleanup(lambda: [os.unlink(path) for path in glob.glob(  # a key sem.X taken
+            f"/dev/shm/sem.sem.{glob.escape(self.key)}")])  # by mistake: its semaphore
         for key in ("", "a/b", "/lead", "é", ".", "..", "k" * 256, f"sem.{self.key}"):  # sem.X:
             # the file of key X's semaphore, /dev/shm/sem.X, is also the segment of key sem.X
             for script in (LOADER, VIEWER):
@@ -2114,6 +2116,7 @@ class EachKindTests:
             self.let_go(holder)
             self.assertEqual(self.wait_line(waiter), "inside\n")
             self.let_go(waiter)
+            self.assertEqual(self.finish(waiter)[0], 0)  # it says "out", then unlocks
         self.assertEqual(self.semaphore_value(bool(self.sysv)), 1)  # left in place, free
         # At the end of input, a loader waits for the holder, to remove its lock.
         loader = self.start_typing(*self.sysv)
@@ -3167,9 +3170,9 @@ elif action in ("lock-two-threads", "soak"):
         if two_threads:  # the other thread's turn: it waits in sem_wait while we are inside
             turn.set()
             time.sleep(0.01)
-            while turn.is_set():
-                time.sleep(0.005)
-            turn.wait()
+            while turn.is_set() and time.monotonic() < deadline:  # (at the deadline, the
+                time.sleep(0.005)  # other thread may have ended: then nobody takes it)
+            turn.wait(max(0, deadline - time.monotonic()))
             turn.clear()
 del memory  # Qt's destructor: detach, and remove the semaphore if this process made it
 '''
