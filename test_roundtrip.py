@@ -1254,13 +1254,18 @@ class RulesTest(ProcessTestCase):
         self.stop(loader)
         self.assertEqual(lines(), " " * 63 + "\n" + " " * 63 + "\n")
 
-    def test_a_logbook_that_names_an_unknown_kind_reads_as_posix(self):
-        # As a newer loader, or a broken one, might leave it: a dead loader's "loaded".
+    def dead_loaders_logbook(self, line):
+        """A logbook "PID line" of a loader that is gone (a pid that was, and ended)."""
         dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True).stdout.strip()
         os.makedirs(os.path.dirname(self.lock_path), mode=0o700, exist_ok=True)
         with open(self.lock_path, "w") as lock_file:
-            lock_file.write(f"{dead} loaded quantum".ljust(63) + "\n")
+            lock_file.write(f"{dead} {line}".ljust(63) + "\n")
+        return dead
+
+    def test_a_logbook_that_names_an_unknown_kind_reads_as_posix(self):
+        # As a newer loader, or a broken one, might leave it: a dead loader's "loaded".
+        dead = self.dead_loaders_logbook("loaded quantum")
         self.write_segment(shmcodec.encode_qstring("left"))
         status, out, err = self.show()
         self.assertEqual((status, out), (0, b"left\n"))
@@ -1288,11 +1293,7 @@ class RulesTest(ProcessTestCase):
     def test_a_logbook_of_the_other_kind_is_not_about_the_segment_found(self):
         # A System V loader of ours died while writing; the POSIX segment that a Qt program
         # made meanwhile is whole, and shown.
-        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                              capture_output=True, text=True).stdout.strip()
-        os.makedirs(os.path.dirname(self.lock_path), mode=0o700, exist_ok=True)
-        with open(self.lock_path, "w") as lock_file:
-            lock_file.write(f"{dead} writing sysv".ljust(63) + "\n")
+        self.dead_loaders_logbook("writing sysv")
         self.write_segment(shmcodec.encode_qstring("whole"))
         status, out, err = self.show()
         self.assertEqual((status, out, err), (0, b"whole\n", ""))
